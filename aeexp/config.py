@@ -1,0 +1,173 @@
+"""Config schemas and the validation that runs before any work.
+
+Each config group is checked against a dataclass schema: the registered builder's schema
+for registry groups (model, sparsity, noise, dataset, optimizer, scheduler), and the
+schemas below for device and trainer. OmegaConf does the type and unknown-key checks;
+``__post_init__`` of each schema does the range checks. Every failure becomes one
+:class:`ConfigError` naming the full key, the value and what is allowed, so a typo on the
+command line costs a second instead of a crashed run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from aeexp.registry import (
+    DATASETS,
+    MODELS,
+    NOISE,
+    OPTIMIZERS,
+    SCHEDULERS,
+    SPARSITY,
+    Registry,
+    RegistryError,
+)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; ``key`` is its dotted path."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+    def within(self, prefix: str) -> "ConfigError":
+        return ConfigError(f"{prefix}.{self.key}" if self.key else prefix, self.message)
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise a ConfigError for ``key`` unless ``ok``; ``allowed`` says what would be valid."""
+    if not ok:
+        raise ConfigError(key, f"got {value!r}, allowed: {allowed}")
+
+
+def require_choice(key: str, value: Any, choices: list[str] | tuple[str, ...]) -> None:
+    require(value in choices, key, value, "one of " + ", ".join(map(str, choices)))
+
+
+@dataclass
+class NamedConfig:
+    """Schema of a component that takes no parameters besides its name."""
+
+    name: str
+
+
+@dataclass
+class DeviceConfig:
+    name: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        require_choice("name", self.name, ("auto", "cpu", "cuda", "mps"))
+        require_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 50
+    batch_size: int = 512
+    val_batch_size: int = 2048
+    resume: bool = False
+    grad_clip: Optional[float] = None
+    image_every: int = 5
+    num_images: int = 8
+    num_threads: Optional[int] = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        require(self.val_batch_size >= 1, "val_batch_size", self.val_batch_size, "an integer >= 1")
+        require(
+            self.grad_clip is None or self.grad_clip > 0,
+            "grad_clip", self.grad_clip, "null (no clipping) or a max gradient norm > 0",
+        )
+        require(self.image_every >= 0, "image_every", self.image_every, "an integer >= 0 (0: never)")
+        require(1 <= self.num_images <= 64, "num_images", self.num_images, "an integer in [1, 64]")
+        require(
+            self.num_threads is None or self.num_threads >= 1,
+            "num_threads", self.num_threads, "null (torch's default) or an integer >= 1",
+        )
+
+
+REGISTRY_GROUPS: dict[str, Registry] = {
+    "model": MODELS,
+    "sparsity": SPARSITY,
+    "noise": NOISE,
+    "dataset": DATASETS,
+    "optimizer": OPTIMIZERS,
+    "scheduler": SCHEDULERS,
+}
+FIXED_GROUPS: dict[str, type] = {"device": DeviceConfig, "trainer": TrainerConfig}
+TOP_LEVEL_KEYS = {"seed"}
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check a composed config; return it with every group filled from its schema's defaults.
+
+    Raises ConfigError (naming key, value and the valid choices) on the first problem.
+    """
+    out: dict[str, Any] = {}
+    for key in cfg:
+        if key not in REGISTRY_GROUPS and key not in FIXED_GROUPS and key not in TOP_LEVEL_KEYS:
+            valid = sorted(set(REGISTRY_GROUPS) | set(FIXED_GROUPS) | TOP_LEVEL_KEYS)
+            raise ConfigError(str(key), f"unknown top-level key; valid keys: {', '.join(valid)}")
+    seed = cfg.get("seed", 0)
+    require(isinstance(seed, int) and not isinstance(seed, bool), "seed", seed, "an integer")
+    out["seed"] = seed
+    for group, registry in REGISTRY_GROUPS.items():
+        node = _group_node(cfg, group)
+        out[group] = _check_registry_node(group, node, registry)
+    for group, schema in FIXED_GROUPS.items():
+        node = cfg.get(group, {})
+        out[group] = check_node(group, node, schema)
+    return OmegaConf.create(out)
+
+
+def _group_node(cfg: DictConfig, group: str) -> DictConfig:
+    node = cfg.get(group)
+    if not isinstance(node, DictConfig):
+        raise ConfigError(group, f"missing config group (got {node!r}); choose one with {group}=<option>")
+    return node
+
+
+def _check_registry_node(group: str, node: DictConfig, registry: Registry) -> Any:
+    if "_target_" in node:
+        # A user's own class: its constructor is the schema, checked when it is built.
+        return OmegaConf.to_container(node, resolve=True)
+    name = node.get("name")
+    try:
+        schema = registry.schema(name)
+    except RegistryError as err:
+        raise ConfigError(f"{group}.name", str(err)) from None
+    return check_node(group, node, schema or NamedConfig)
+
+
+def check_node(prefix: str, node: Any, schema: type) -> dict[str, Any]:
+    """Merge ``node`` into ``schema``; return the checked values as plain containers."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        checked = OmegaConf.to_object(merged)
+    except ConfigError as err:
+        raise err.within(prefix) from None
+    except ConfigKeyError as err:
+        key = _full_key(prefix, err)
+        valid = ", ".join(f.name for f in fields(schema))
+        raise ConfigError(key, f"unknown key; valid keys here: {valid}") from None
+    except ValidationError as err:
+        key = _full_key(prefix, err)
+        raise ConfigError(key, str(err).splitlines()[0]) from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(prefix, str(err).splitlines()[0]) from None
+    return OmegaConf.to_container(OmegaConf.structured(checked), resolve=True)  # type: ignore[return-value]
+
+
+def _full_key(prefix: str, err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or ""
+    return f"{prefix}.{key}" if key else prefix

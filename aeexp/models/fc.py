@@ -1,0 +1,60 @@
+"""Fully-connected autoencoders (``model=fc``, ``model=mlp``, any stack written in YAML)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from aeexp.config import require
+from aeexp.models.autoencoder import Autoencoder
+from aeexp.models.layers import LayerConfig, check_activation, linear_block, linear_stack
+from aeexp.registry import MODELS
+
+
+@dataclass
+class FCModelConfig:
+    """Encoder: hidden ``encoder`` layers, then a Linear to ``latent_dim`` with ``code_activation``.
+    Decoder: hidden ``decoder`` layers, then a Linear back to the input size with
+    ``output_activation``; the input size comes from the dataset."""
+
+    name: str = "fc"
+    latent_dim: int = 64
+    encoder: list[LayerConfig] = field(default_factory=list)
+    code_activation: str = "leaky_relu"
+    decoder: list[LayerConfig] = field(default_factory=list)
+    output_activation: str = "leaky_relu"
+
+    def __post_init__(self) -> None:
+        require(self.latent_dim >= 1, "latent_dim", self.latent_dim, "an integer >= 1")
+        check_activation("code_activation", self.code_activation)
+        check_activation("output_activation", self.output_activation)
+        for part in ("encoder", "decoder"):
+            for i, layer in enumerate(getattr(self, part)):
+                layer.check(f"{part}[{i}]")
+
+
+@MODELS.register("fc", schema=FCModelConfig)
+def build_fc(
+    *,
+    input_shape: tuple[int, ...],
+    bottleneck: nn.Module,
+    latent_dim: int = 64,
+    encoder: list[dict] = (),
+    code_activation: str = "leaky_relu",
+    decoder: list[dict] = (),
+    output_activation: str = "leaky_relu",
+) -> Autoencoder:
+    in_features = math.prod(input_shape)
+    hidden, size = linear_stack(in_features, list(encoder))
+    encoder_net = nn.Sequential(
+        nn.Flatten(), *hidden, linear_block(size, latent_dim, code_activation)
+    )
+    hidden, size = linear_stack(latent_dim, list(decoder))
+    decoder_net = nn.Sequential(
+        *hidden,
+        linear_block(size, in_features, output_activation),
+        nn.Unflatten(1, tuple(input_shape)),
+    )
+    return Autoencoder(encoder_net, bottleneck, decoder_net)

@@ -1,0 +1,68 @@
+"""From a composed config to a finished run: validate, build, train.
+
+``train.py`` is a thin Hydra wrapper around :func:`run_training`; tests and notebooks call
+it directly with a config from Hydra's compose API.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from aeexp.config import ConfigError, validate
+from aeexp.data.images import ImageSplits
+from aeexp.registry import DATASETS, MODELS, SPARSITY
+from aeexp.training.device import resolve_device
+from aeexp.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: DictConfig, input_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The model a config describes, sized for images of ``input_shape`` (C, H, W)."""
+    bottleneck = SPARSITY.build(cfg.sparsity)
+    return MODELS.build(cfg.model, input_shape=tuple(input_shape), bottleneck=bottleneck)
+
+
+def load_data(cfg: DictConfig) -> ImageSplits:
+    return DATASETS.build(cfg.dataset)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_training(cfg: DictConfig, run_dir: Path | str) -> dict[str, Any]:
+    """Train the run ``cfg`` describes in ``run_dir``; return its final metrics.
+
+    Everything that can be checked without data is checked first, so a bad value fails
+    in a second and leaves nothing half-written.
+    """
+    cfg = validate(cfg)
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device.name)
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists() and not cfg.trainer.resume:
+        raise ConfigError(
+            "trainer.resume",
+            f"got False, but {run_dir} already holds checkpoints; pass trainer.resume=true to "
+            "continue that run, or choose a new hydra.run.dir (nothing was overwritten)",
+        )
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    seed_everything(cfg.seed)
+    data = load_data(cfg)
+    model = build_model(cfg, data.shape)
+    log.info("data %s: %d train / %d val images of shape %s; device %s", data.name or cfg.dataset.get("name"),
+             len(data.train_images), len(data.val_images), data.shape, device)
+    log.info("model: %d parameters\n%s", sum(p.numel() for p in model.parameters()), model)
+    trainer = Trainer(cfg, model, data, run_dir, device)
+    if cfg.trainer.resume:
+        trainer.resume()
+    return trainer.fit()

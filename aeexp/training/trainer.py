@@ -1,0 +1,262 @@
+"""The shared training loop: one trainer for every model, sparsity method and noise.
+
+It owns the optimizer and scheduler, the per-epoch loop over device-resident batches,
+validation, checkpoints (``last.pt`` every epoch, ``best.pt`` on a new best validation
+MSE), ``metrics.json``, TensorBoard and resume. It knows nothing about a specific model:
+it calls ``model(x) -> (x_hat, z)`` and ``model.bottleneck.penalty(z)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from aeexp.data.images import ImageSplits, index_batches, num_batches, to_float
+from aeexp.registry import NOISE, OPTIMIZERS, SCHEDULERS
+from aeexp.training.device import autocast, grad_scaler
+from aeexp.training.files import load_checkpoint, save_checkpoint, write_json
+from aeexp.training.optim import should_stop, step_scheduler
+from aeexp.training.tensorboard import rows_grid, write_hparams
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        model: nn.Module,
+        data: ImageSplits,
+        run_dir: Path,
+        device: torch.device,
+    ):
+        self.cfg = cfg
+        self.settings = cfg.trainer
+        self.device = device
+        self.run_dir = Path(run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.model = model.to(device)
+        self.data = data.to(device)
+        self.noise = NOISE.build(cfg.noise)
+        self.optimizer = OPTIMIZERS.build(cfg.optimizer, params=[p for p in model.parameters() if p.requires_grad])
+        self.scheduler = SCHEDULERS.build(cfg.scheduler, optimizer=self.optimizer, epochs=self.settings.epochs)
+        self.precision = cfg.device.precision
+        self.scaler = grad_scaler(device, self.precision)
+        # torch.compile wraps the same parameters, so checkpoints stay those of self.model.
+        self.step_model = torch.compile(self.model) if cfg.device.compile else self.model
+        # Shuffling has its own generator so its stream does not depend on anything else.
+        self.shuffle_generator = torch.Generator().manual_seed(int(cfg.seed))
+        self.epoch = 0  # epochs completed
+        self.global_step = 0
+        self.best_val_mse = math.inf
+        self.best_epoch = 0
+        self.metrics: dict[str, Any] = {}
+        self.fixed_batch = to_float(self.data.val_images[: self.settings.num_images])
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_val_mse": self.best_val_mse,
+            "best_epoch": self.best_epoch,
+            "metrics": dict(self.metrics),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "shuffle": self.shuffle_generator.get_state(),
+                "python": list(random.getstate()[1]),
+            },
+            "config": OmegaConf.to_yaml(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.global_step = state["global_step"]
+        self.best_val_mse = state["best_val_mse"]
+        self.best_epoch = state["best_epoch"]
+        self.metrics = dict(state.get("metrics", {}))
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        self.shuffle_generator.set_state(rng["shuffle"].cpu())
+        random.setstate((3, tuple(rng["python"]), None))
+
+    def resume(self) -> bool:
+        """Continue from ``checkpoints/last.pt`` if there is one; say whether there was."""
+        path = self.checkpoint_dir / "last.pt"
+        if not path.exists():
+            log.info("trainer.resume=true but %s does not exist: starting from scratch", path)
+            return False
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        log.info("resumed from %s after epoch %d (best val_mse %.6f)", path, self.epoch, self.best_val_mse)
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        """Train until ``trainer.epochs`` or until the scheduler says stop; return the final metrics."""
+        writer = SummaryWriter(log_dir=str(self.run_dir))
+        try:
+            if self.epoch >= self.settings.epochs or self.metrics.get("stop_reason"):
+                log.info("nothing to do: %d of %d epochs already done", self.epoch, self.settings.epochs)
+            for epoch in range(self.epoch + 1, self.settings.epochs + 1):
+                if self.metrics.get("stop_reason"):
+                    break
+                self._run_epoch(epoch, writer)
+            self.metrics["status"] = "completed"
+            write_json(self.run_dir / "metrics.json", self.metrics)
+            write_hparams(
+                writer,
+                OmegaConf.to_container(self.cfg, resolve=True),
+                {k: self.metrics[k] for k in ("val_mse", "best_val_mse", "train_mse") if k in self.metrics},
+            )
+        except BaseException:
+            if self.metrics:
+                self.metrics["status"] = "failed"
+                write_json(self.run_dir / "metrics.json", self.metrics)
+            raise
+        finally:
+            writer.close()
+        return self.metrics
+
+    def _run_epoch(self, epoch: int, writer: SummaryWriter) -> None:
+        start = time.perf_counter()
+        train = self.train_epoch(epoch)
+        train_seconds = time.perf_counter() - start
+        val_mse = self.validate()
+        step_scheduler(self.scheduler, val_mse)
+        epoch_seconds = time.perf_counter() - start
+        self.epoch = epoch
+        improved = val_mse < self.best_val_mse
+        if improved:
+            self.best_val_mse, self.best_epoch = val_mse, epoch
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.metrics = {
+            "epoch": epoch,
+            "epochs": self.settings.epochs,
+            "global_step": self.global_step,
+            "train_loss": train["loss"],
+            "train_mse": train["mse"],
+            "train_penalty": train["penalty"],
+            "val_mse": val_mse,
+            "best_val_mse": self.best_val_mse,
+            "best_epoch": self.best_epoch,
+            "lr": lr,
+            "epoch_seconds": epoch_seconds,
+            "train_seconds": train_seconds,
+            "samples_per_second": len(self.data.train_images) / train_seconds,
+            "status": "running",
+        }
+        if should_stop(self.scheduler):
+            self.metrics["stop_reason"] = f"learning rate {lr:.2e} fell below the scheduler's stop_lr"
+        state = self.state_dict()
+        if improved:
+            save_checkpoint(self.checkpoint_dir / "best.pt", state)
+        save_checkpoint(self.checkpoint_dir / "last.pt", state)
+        write_json(self.run_dir / "metrics.json", self.metrics)
+        self._log_epoch(writer, epoch, improved)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training set in a fresh random order."""
+        self.model.train()
+        images = self.data.train_images
+        batch_size = self.settings.batch_size
+        order = torch.randperm(len(images), generator=self.shuffle_generator).to(self.device)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, mse, penalty (x samples)
+        bar = tqdm(
+            index_batches(images, batch_size, order),
+            total=num_batches(len(images), batch_size),
+            desc=f"epoch {epoch}/{self.settings.epochs}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None if self.settings.progress else True,
+        )
+        for step, clean in enumerate(bar):
+            loss, mse, penalty = self.train_step(clean)
+            sums += torch.stack([loss, mse, penalty]).to(torch.float64) * len(clean)
+            if not bar.disable and step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.5f}", refresh=False)
+        bar.close()
+        loss_sum, mse_sum, penalty_sum = (sums / len(images)).tolist()
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(
+                f"training loss is {loss_sum} in epoch {epoch}: the run diverged; try a lower optimizer.lr"
+            )
+        return {"loss": loss_sum, "mse": mse_sum, "penalty": penalty_sum}
+
+    def train_step(self, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs = self.noise(clean)
+        with autocast(self.device, self.precision):
+            x_hat, z = self.step_model(inputs)
+            mse = F.mse_loss(x_hat.float(), clean)
+            penalty = self.model.bottleneck.penalty(z.float())
+            loss = mse + penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.settings.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.global_step += 1
+        return loss.detach(), mse.detach(), penalty.detach()
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean squared error over every pixel of the validation set (not a mean of batch means)."""
+        self.model.eval()
+        images = self.data.val_images
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for clean in index_batches(images, self.settings.val_batch_size):
+            with autocast(self.device, self.precision):
+                x_hat, _ = self.step_model(clean)
+            total += (x_hat.float() - clean).pow(2).sum(dtype=torch.float64)
+        return (total / images.numel()).item()
+
+    # --------------------------------------------------------------- logging
+    def _log_epoch(self, writer: SummaryWriter, epoch: int, improved: bool) -> None:
+        m = self.metrics
+        writer.add_scalar("train/loss", m["train_loss"], epoch)
+        writer.add_scalar("train/mse", m["train_mse"], epoch)
+        writer.add_scalar("train/penalty", m["train_penalty"], epoch)
+        writer.add_scalar("val/mse", m["val_mse"], epoch)
+        writer.add_scalar("lr", m["lr"], epoch)
+        writer.add_scalar("perf/samples_per_second", m["samples_per_second"], epoch)
+        writer.add_scalar("perf/epoch_seconds", m["epoch_seconds"], epoch)
+        image_every = self.settings.image_every
+        last = epoch == self.settings.epochs or "stop_reason" in m
+        if image_every and (epoch % image_every == 0 or epoch == 1 or last):
+            self.model.eval()
+            with torch.no_grad(), autocast(self.device, self.precision):
+                x_hat, _ = self.model(self.fixed_batch)
+            writer.add_image("reconstructions", rows_grid(self.fixed_batch, x_hat), epoch)
+        writer.flush()
+        log.info(
+            "epoch %d/%d  train_loss %.6f  train_mse %.6f  val_mse %.6f%s  lr %.2e  %.2fs  %.0f samples/s",
+            epoch, self.settings.epochs, m["train_loss"], m["train_mse"], m["val_mse"],
+            " (best)" if improved else "", m["lr"], m["epoch_seconds"], m["samples_per_second"],
+        )
+        if "stop_reason" in m:
+            log.info("stopping: %s", m["stop_reason"])
