@@ -11,7 +11,7 @@ command line costs a second instead of a crashed run.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -107,6 +107,16 @@ REGISTRY_GROUPS: dict[str, Registry] = {
 FIXED_GROUPS: dict[str, type] = {"device": DeviceConfig, "trainer": TrainerConfig}
 TOP_LEVEL_KEYS = {"seed"}
 
+# Rules that span groups (e.g. KL sparsity needs a bounded code); each takes the checked
+# config as a dict of groups, may fill in derived values, and raises ConfigError.
+CROSS_CHECKS: list[Callable[[dict[str, Any]], None]] = []
+
+
+def cross_check(rule: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """Decorator registering a rule that spans config groups."""
+    CROSS_CHECKS.append(rule)
+    return rule
+
 
 def validate(cfg: DictConfig) -> DictConfig:
     """Check a composed config; return it with every group filled from its schema's defaults.
@@ -127,6 +137,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     for group, schema in FIXED_GROUPS.items():
         node = cfg.get(group, {})
         out[group] = check_node(group, node, schema)
+    for rule in CROSS_CHECKS:
+        rule(out)
     return OmegaConf.create(out)
 
 

@@ -27,5 +27,12 @@ class Autoencoder(nn.Module):
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.encode(x)
-        return self.decode(z), z
+        x_hat, z, _ = self.forward_parts(x)
+        return x_hat, z
+
+    def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_hat, z, code)``: ``code`` is the encoder's dense output before the
+        bottleneck, which auxiliary losses such as AuxK need."""
+        code = self.encoder(x)
+        z = self.bottleneck(code)
+        return self.decoder(z), z, code

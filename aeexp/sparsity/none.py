@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from aeexp.registry import SPARSITY
+from aeexp.sparsity.base import Sparsity
 
 
 @SPARSITY.register("none")
-class NoSparsity(nn.Module):
-    """The interface every sparsity method follows.
-
-    ``forward(z)`` applies a hard constraint to the code (here: none) and ``penalty(z)``
-    returns the loss term added to the reconstruction error (here: zero).
-    """
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z
-
-    def penalty(self, z: torch.Tensor) -> torch.Tensor:
-        return z.new_zeros(())
+class NoSparsity(Sparsity):
+    """Identity constraint, zero penalty: the plain autoencoder."""

@@ -26,7 +26,17 @@ log = logging.getLogger(__name__)
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...]) -> torch.nn.Module:
     """The model a config describes, sized for images of ``input_shape`` (C, H, W)."""
     bottleneck = SPARSITY.build(cfg.sparsity)
-    return MODELS.build(cfg.model, input_shape=tuple(input_shape), bottleneck=bottleneck)
+    model = MODELS.build(cfg.model, input_shape=tuple(input_shape), bottleneck=bottleneck)
+    bind = getattr(bottleneck, "bind", None)
+    if bind is not None:
+        # One sample through the encoder tells the code's width, which top-k must not exceed.
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            code = model.encoder(torch.zeros(1, *input_shape))
+        model.train(was_training)
+        bind(code[0].numel(), cfg.trainer.batch_size)
+    return model
 
 
 def load_data(cfg: DictConfig) -> ImageSplits:

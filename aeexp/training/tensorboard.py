@@ -1,19 +1,11 @@
-"""What the trainer shows in TensorBoard besides scalars: image grids and hyperparameters."""
+"""Hyperparameters in TensorBoard's HParams tab, from the run's config."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
-from torchvision.utils import make_grid
-
-
-def rows_grid(*rows: torch.Tensor) -> torch.Tensor:
-    """Stack batches of images as rows of one grid (inputs above reconstructions)."""
-    images = torch.cat([row.detach().float().clamp(0, 1).cpu() for row in rows])
-    return make_grid(images, nrow=len(rows[0]), padding=2, pad_value=1.0)
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import save_image
 from tqdm import tqdm
 
 from aeexp.data.images import ImageSplits, index_batches, num_batches, to_float
@@ -27,7 +28,8 @@ from aeexp.registry import NOISE, OPTIMIZERS, SCHEDULERS
 from aeexp.training.device import autocast, grad_scaler
 from aeexp.training.files import load_checkpoint, save_checkpoint, write_json
 from aeexp.training.optim import should_stop, step_scheduler
-from aeexp.training.tensorboard import rows_grid, write_hparams
+from aeexp.training.pictures import code_image, dictionary_grid, reconstruction_rows
+from aeexp.training.tensorboard import write_hparams
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ class Trainer:
         self.precision = cfg.device.precision
         self.scaler = grad_scaler(device, self.precision)
         # torch.compile wraps the same parameters, so checkpoints stay those of self.model.
-        self.step_model = torch.compile(self.model) if cfg.device.compile else self.model
+        forward_parts = self.model.forward_parts
+        self.forward_parts = torch.compile(forward_parts) if cfg.device.compile else forward_parts
         # Shuffling has its own generator so its stream does not depend on anything else.
         self.shuffle_generator = torch.Generator().manual_seed(int(cfg.seed))
         self.epoch = 0  # epochs completed
@@ -62,7 +65,9 @@ class Trainer:
         self.best_val_mse = math.inf
         self.best_epoch = 0
         self.metrics: dict[str, Any] = {}
+        # Fixed validation samples for pictures: the same ones every epoch, so they compare.
         self.fixed_batch = to_float(self.data.val_images[: self.settings.num_images])
+        self.code_batch = to_float(self.data.val_images[:512])
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -145,7 +150,8 @@ class Trainer:
         start = time.perf_counter()
         train = self.train_epoch(epoch)
         train_seconds = time.perf_counter() - start
-        val_mse = self.validate()
+        val = self.validate()
+        val_mse = val["val_mse"]
         step_scheduler(self.scheduler, val_mse)
         epoch_seconds = time.perf_counter() - start
         self.epoch = epoch
@@ -160,7 +166,11 @@ class Trainer:
             "train_loss": train["loss"],
             "train_mse": train["mse"],
             "train_penalty": train["penalty"],
+            "train_aux": train["aux"],
             "val_mse": val_mse,
+            "val_l0": val["val_l0"],
+            "dead_fraction": val["dead_fraction"],
+            "val_mean_activation": val["val_mean_activation"],
             "best_val_mse": self.best_val_mse,
             "best_epoch": self.best_epoch,
             "lr": lr,
@@ -176,7 +186,7 @@ class Trainer:
             save_checkpoint(self.checkpoint_dir / "best.pt", state)
         save_checkpoint(self.checkpoint_dir / "last.pt", state)
         write_json(self.run_dir / "metrics.json", self.metrics)
-        self._log_epoch(writer, epoch, improved)
+        self._log_epoch(writer, epoch, improved, val["firing_rate"])
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training set in a fresh random order."""
@@ -184,7 +194,7 @@ class Trainer:
         images = self.data.train_images
         batch_size = self.settings.batch_size
         order = torch.randperm(len(images), generator=self.shuffle_generator).to(self.device)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, mse, penalty (x samples)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, mse, penalty, aux (x samples)
         bar = tqdm(
             index_batches(images, batch_size, order),
             total=num_batches(len(images), batch_size),
@@ -194,25 +204,32 @@ class Trainer:
             disable=None if self.settings.progress else True,
         )
         for step, clean in enumerate(bar):
-            loss, mse, penalty = self.train_step(clean)
-            sums += torch.stack([loss, mse, penalty]).to(torch.float64) * len(clean)
+            terms = self.train_step(clean)
+            sums += terms.to(torch.float64) * len(clean)
             if not bar.disable and step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.5f}", refresh=False)
+                bar.set_postfix(loss=f"{terms[0].item():.5f}", refresh=False)
         bar.close()
-        loss_sum, mse_sum, penalty_sum = (sums / len(images)).tolist()
+        loss_sum, mse_sum, penalty_sum, aux_sum = (sums / len(images)).tolist()
         if not math.isfinite(loss_sum):
             raise FloatingPointError(
                 f"training loss is {loss_sum} in epoch {epoch}: the run diverged; try a lower optimizer.lr"
             )
-        return {"loss": loss_sum, "mse": mse_sum, "penalty": penalty_sum}
+        return {"loss": loss_sum, "mse": mse_sum, "penalty": penalty_sum, "aux": aux_sum}
 
-    def train_step(self, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def train_step(self, clean: torch.Tensor) -> torch.Tensor:
+        """One optimizer step; returns the detached (loss, mse, penalty, aux) of the batch.
+
+        loss = reconstruction MSE against the clean batch + the sparsity penalty + the
+        sparsity method's auxiliary loss (each zero where a method has none).
+        """
         inputs = self.noise(clean)
+        bottleneck = self.model.bottleneck
         with autocast(self.device, self.precision):
-            x_hat, z = self.step_model(inputs)
+            x_hat, z, code = self.forward_parts(inputs)
             mse = F.mse_loss(x_hat.float(), clean)
-            penalty = self.model.bottleneck.penalty(z.float())
-            loss = mse + penalty
+            penalty = bottleneck.penalty(z.float())
+            aux = bottleneck.auxiliary(code, clean - x_hat.float(), self.model.decode)
+            loss = mse + penalty + aux
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.settings.grad_clip is not None:
@@ -221,37 +238,61 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.global_step += 1
-        return loss.detach(), mse.detach(), penalty.detach()
+        return torch.stack([loss.detach(), mse.detach(), penalty.detach(), aux.detach()])
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean squared error over every pixel of the validation set (not a mean of batch means)."""
+    def validate(self) -> dict[str, Any]:
+        """Validation figures, in eval mode (so lifetime sparsity is off, as in the seed).
+
+        ``val_mse`` is the mean over every pixel of the validation set (not a mean of batch
+        means) and counts reconstruction only. Latent figures: ``val_l0`` nonzero code
+        entries per sample, ``dead_fraction`` features never nonzero over the pass,
+        ``val_mean_activation`` mean |z|, and ``firing_rate`` per feature (a tensor).
+        """
         self.model.eval()
         images = self.data.val_images
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        squared_error = torch.zeros((), dtype=torch.float64, device=self.device)
+        nonzero = torch.zeros((), dtype=torch.float64, device=self.device)
+        magnitude = torch.zeros((), dtype=torch.float64, device=self.device)
+        fired = None
         for clean in index_batches(images, self.settings.val_batch_size):
             with autocast(self.device, self.precision):
-                x_hat, _ = self.step_model(clean)
-            total += (x_hat.float() - clean).pow(2).sum(dtype=torch.float64)
-        return (total / images.numel()).item()
+                x_hat, z = self.model(clean)
+            squared_error += (x_hat.float() - clean).pow(2).sum(dtype=torch.float64)
+            active = z.reshape(len(z), -1) != 0
+            counts = active.sum(0, dtype=torch.float64)
+            fired = counts if fired is None else fired + counts
+            nonzero += counts.sum()
+            magnitude += z.float().abs().sum(dtype=torch.float64)
+        n = len(images)
+        firing_rate = fired / n
+        return {
+            "val_mse": (squared_error / images.numel()).item(),
+            "val_l0": (nonzero / n).item(),
+            "dead_fraction": (firing_rate == 0).double().mean().item(),
+            "val_mean_activation": (magnitude / (n * len(firing_rate))).item(),
+            "firing_rate": firing_rate,
+        }
 
     # --------------------------------------------------------------- logging
-    def _log_epoch(self, writer: SummaryWriter, epoch: int, improved: bool) -> None:
+    def _log_epoch(self, writer: SummaryWriter, epoch: int, improved: bool, firing_rate: torch.Tensor) -> None:
         m = self.metrics
         writer.add_scalar("train/loss", m["train_loss"], epoch)
         writer.add_scalar("train/mse", m["train_mse"], epoch)
         writer.add_scalar("train/penalty", m["train_penalty"], epoch)
+        writer.add_scalar("train/aux", m["train_aux"], epoch)
         writer.add_scalar("val/mse", m["val_mse"], epoch)
+        writer.add_scalar("latent/val_l0", m["val_l0"], epoch)
+        writer.add_scalar("latent/dead_fraction", m["dead_fraction"], epoch)
+        writer.add_scalar("latent/val_mean_activation", m["val_mean_activation"], epoch)
+        writer.add_histogram("latent/firing_rate", firing_rate.float().cpu(), epoch)
         writer.add_scalar("lr", m["lr"], epoch)
         writer.add_scalar("perf/samples_per_second", m["samples_per_second"], epoch)
         writer.add_scalar("perf/epoch_seconds", m["epoch_seconds"], epoch)
         image_every = self.settings.image_every
         last = epoch == self.settings.epochs or "stop_reason" in m
         if image_every and (epoch % image_every == 0 or epoch == 1 or last):
-            self.model.eval()
-            with torch.no_grad(), autocast(self.device, self.precision):
-                x_hat, _ = self.model(self.fixed_batch)
-            writer.add_image("reconstructions", rows_grid(self.fixed_batch, x_hat), epoch)
+            self._log_pictures(writer, epoch)
         writer.flush()
         log.info(
             "epoch %d/%d  train_loss %.6f  train_mse %.6f  val_mse %.6f%s  lr %.2e  %.2fs  %.0f samples/s",
@@ -260,3 +301,20 @@ class Trainer:
         )
         if "stop_reason" in m:
             log.info("stopping: %s", m["stop_reason"])
+
+    @torch.no_grad()
+    def _log_pictures(self, writer: SummaryWriter, epoch: int) -> None:
+        """The seed's three panels, to TensorBoard and to ``images/*.png`` (latest epoch)."""
+        self.model.eval()
+        x_hat, _ = self.model(self.fixed_batch)
+        _, codes = self.model(self.code_batch)
+        pictures = {
+            "reconstructions": reconstruction_rows(self.fixed_batch, x_hat),
+            "codes": code_image(codes),
+            "dictionary": dictionary_grid(self.model, tuple(codes.shape[1:])),
+        }
+        folder = self.run_dir / "images"
+        folder.mkdir(exist_ok=True)
+        for name, image in pictures.items():
+            writer.add_image(name, image, epoch)
+            save_image(image, folder / f"{name}.png")

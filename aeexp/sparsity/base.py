@@ -1,0 +1,47 @@
+"""What every sparsity method shares: the interface and the handling of code shapes.
+
+A sparsity method is an ``nn.Module`` placed between encoder and decoder:
+
+- ``forward(z)`` applies a hard constraint to the code (top-k, winner-take-all) or none;
+- ``penalty(z)`` returns a loss term added to the reconstruction error (L1, KL) or zero;
+- ``auxiliary(code, residual, decode)`` returns an extra loss computed from the dense code
+  before the constraint (AuxK against dead latents) or zero;
+- ``check(code_features, batch_size)`` refuses settings that cannot work for the model
+  and batch actually built, before training starts.
+
+Codes of any shape work: constraints act on the code flattened to (batch, features), so a
+convolutional code is sparsified over all its entries.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class Sparsity(nn.Module):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def penalty(self, z: torch.Tensor) -> torch.Tensor:
+        return z.new_zeros((), dtype=torch.float32)
+
+    def auxiliary(
+        self, code: torch.Tensor, residual: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        return code.new_zeros((), dtype=torch.float32)
+
+    def check(self, code_features: int, batch_size: int) -> None:
+        """Raise ConfigError if this method cannot work with this code width or batch size."""
+
+
+def as_matrix(z: torch.Tensor) -> torch.Tensor:
+    """(batch, ...) -> (batch, features), a view where possible."""
+    return z.reshape(z.shape[0], -1)
+
+
+def keep_mask(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values`` where ``mask``, zero elsewhere; gradients flow only through kept entries."""
+    return values * mask.to(values.dtype)

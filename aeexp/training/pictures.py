@@ -1,0 +1,37 @@
+"""The pictures of the first seed's figures, as image tensors (C, H, W) in [0, 1].
+
+(a) inputs above their reconstructions, (b) the codes of a batch of samples as an image
+(samples x features), (c) the decoder's dictionary: its output for each one-hot code.
+The trainer sends them to TensorBoard and to PNG files in the run directory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.utils import make_grid
+
+
+def reconstruction_rows(*rows: torch.Tensor) -> torch.Tensor:
+    """Batches of images stacked as rows of one grid (e.g. inputs above reconstructions)."""
+    images = torch.cat([row.detach().float().clamp(0, 1).cpu() for row in rows])
+    return make_grid(images, nrow=len(rows[0]), padding=2, pad_value=1.0)
+
+
+def code_image(z: torch.Tensor) -> torch.Tensor:
+    """Codes as a grayscale image, one row per sample, one column per feature; brightness
+    is the magnitude relative to the largest, so zeros (inactive features) are black."""
+    magnitude = z.detach().float().reshape(len(z), -1).abs().cpu()
+    return (magnitude / magnitude.max().clamp_min(1e-12)).unsqueeze(0)
+
+
+@torch.no_grad()
+def dictionary_grid(model: torch.nn.Module, code_shape: tuple[int, ...]) -> torch.Tensor:
+    """The decoder's output for each one-hot code, each atom scaled to its own range."""
+    features = math.prod(code_shape)
+    device = next(model.parameters()).device
+    one_hot = torch.eye(features, device=device).reshape(features, *code_shape)
+    atoms = torch.cat([model.decode(chunk) for chunk in one_hot.split(256)]).float().cpu()
+    return make_grid(atoms, nrow=math.ceil(math.sqrt(features)), padding=1, normalize=True,
+                     scale_each=True, pad_value=1.0)
