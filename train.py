@@ -31,6 +31,8 @@ def main(cfg: DictConfig) -> float:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
         sys.exit(2)
+    log.info("run directory: %s (status %s, best val_mse %.6f)", hydra_cfg.runtime.output_dir,
+             metrics.get("status"), metrics.get("best_val_mse", float("nan")))
     return metrics["best_val_mse"]
 
 

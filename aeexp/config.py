@@ -10,10 +10,10 @@ command line costs a second instead of a crashed run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from aeexp.registry import (
@@ -154,6 +154,8 @@ def _check_registry_node(group: str, node: DictConfig, registry: Registry) -> An
         # A user's own class: its constructor is the schema, checked when it is built.
         return OmegaConf.to_container(node, resolve=True)
     name = node.get("name")
+    if name is None:
+        raise ConfigError(f"{group}.name", f"missing; allowed: one of {', '.join(registry.names())}, or a _target_ class")
     try:
         schema = registry.schema(name)
     except RegistryError as err:
@@ -163,6 +165,7 @@ def _check_registry_node(group: str, node: DictConfig, registry: Registry) -> An
 
 def check_node(prefix: str, node: Any, schema: type) -> dict[str, Any]:
     """Merge ``node`` into ``schema``; return the checked values as plain containers."""
+    _check_list_items(prefix, node, schema)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         checked = OmegaConf.to_object(merged)
@@ -170,7 +173,8 @@ def check_node(prefix: str, node: Any, schema: type) -> dict[str, Any]:
         raise err.within(prefix) from None
     except ConfigKeyError as err:
         key = _full_key(prefix, err)
-        valid = ", ".join(f.name for f in fields(schema))
+        owner = getattr(err, "object_type", None)
+        valid = ", ".join(f.name for f in fields(owner if is_dataclass(owner) else schema))
         raise ConfigError(key, f"unknown key; valid keys here: {valid}") from None
     except ValidationError as err:
         key = _full_key(prefix, err)
@@ -178,6 +182,20 @@ def check_node(prefix: str, node: Any, schema: type) -> dict[str, Any]:
     except OmegaConfBaseException as err:
         raise ConfigError(prefix, str(err).splitlines()[0]) from None
     return OmegaConf.to_container(OmegaConf.structured(checked), resolve=True)  # type: ignore[return-value]
+
+
+def _check_list_items(prefix: str, node: Any, schema: type) -> None:
+    """Check each item of a list-of-dataclass field on its own, so an error names its
+    path (``model.encoder[1].dropout``) rather than just the innermost key."""
+    if not isinstance(node, (dict, DictConfig)):
+        return
+    for name, hint in get_type_hints(schema).items():
+        item_type = get_args(hint)[0] if get_origin(hint) is list and get_args(hint) else None
+        items = node.get(name)
+        if item_type is None or not is_dataclass(item_type) or not isinstance(items, (list, ListConfig)):
+            continue
+        for i, item in enumerate(items):
+            check_node(f"{prefix}.{name}[{i}]", item, item_type)
 
 
 def _full_key(prefix: str, err: OmegaConfBaseException) -> str:

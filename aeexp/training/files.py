@@ -22,6 +22,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated or not ours."""
 
 
+def _default_file_mode() -> int:
+    """The mode an ordinary new file gets (0o666 less the umask): mkstemp's 0o600 would
+    hide checkpoints from a TensorBoard server or a colleague sharing ``outputs/``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +39,7 @@ def _atomic_write(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from aeexp.data.images import ImageSplits, index_batches, num_batches, to_float
 from aeexp.registry import NOISE, OPTIMIZERS, SCHEDULERS
 from aeexp.training.device import autocast, grad_scaler
-from aeexp.training.files import load_checkpoint, save_checkpoint, write_json
+from aeexp.training.files import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from aeexp.training.optim import should_stop, step_scheduler
 from aeexp.training.pictures import code_image, dictionary_grid, reconstruction_rows
 from aeexp.training.tensorboard import write_hparams
@@ -115,7 +115,15 @@ class Trainer:
         if not path.exists():
             log.info("trainer.resume=true but %s does not exist: starting from scratch", path)
             return False
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        try:
+            self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        except (RuntimeError, ValueError, KeyError) as err:
+            if isinstance(err, CheckpointError):
+                raise
+            raise CheckpointError(
+                f"{path} does not fit this config (it was written by a run with different settings: "
+                f"{str(err).strip().splitlines()[0]}); resume with the run's own overrides, or use a new hydra.run.dir"
+            ) from None
         log.info("resumed from %s after epoch %d (best val_mse %.6f)", path, self.epoch, self.best_val_mse)
         return True
 

@@ -1,0 +1,7 @@
+"""Datasets, device-resident batching and noise; importing this package registers them."""
+
+from aeexp.data import datasets, noise  # noqa: F401  (registration)
+from aeexp.data.datasets import DataNotFoundError
+from aeexp.data.images import ImageSplits, index_batches, to_float
+
+__all__ = ["DataNotFoundError", "ImageSplits", "index_batches", "to_float"]

@@ -1,0 +1,144 @@
+"""The config tree composes, and bad values fail early with one ConfigError naming key and value."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import open_dict
+
+from aeexp.config import ConfigError, validate
+from conftest import CONF_DIR, compose
+
+GROUP_OPTIONS = sorted(
+    (group.name, path.stem)
+    for group in CONF_DIR.iterdir()
+    if group.is_dir() and group.name not in ("experiment", "hydra")
+    for path in group.glob("*.yaml")
+)
+EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def test_the_config_tree_has_every_group_of_the_design():
+    groups = {group for group, _ in GROUP_OPTIONS}
+    assert {"model", "sparsity", "noise", "dataset", "device", "optimizer", "scheduler", "trainer"} <= groups
+    assert EXPERIMENTS, "conf/experiment/ holds no experiments"
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_group_option_composes_and_validates(group, option):
+    overrides = [f"{group}={option}"]
+    if group != "dataset":
+        overrides.append("dataset=synthetic")
+    cfg = validate(compose(*overrides))
+    assert group in cfg
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(name):
+    validate(compose(f"experiment={name}", "dataset=synthetic"))
+
+
+def test_defaults_follow_the_command_line_contract():
+    cfg = validate(compose())
+    assert cfg.model.name == "fc" and cfg.model.latent_dim == 64
+    assert cfg.sparsity.name == "none" and cfg.noise.name == "none"
+    assert cfg.dataset.name == "mnist"
+    assert cfg.device.name == "auto" and cfg.device.precision == "fp32"
+    assert cfg.optimizer.name == "adam" and cfg.optimizer.lr == pytest.approx(1e-3)
+    assert cfg.scheduler.name == "plateau"
+    assert (cfg.scheduler.factor, cfg.scheduler.patience, cfg.scheduler.stop_lr) == (0.1, 10, 1e-5)
+    assert cfg.trainer.resume is False
+    assert cfg.seed == 0
+
+
+@pytest.mark.parametrize(
+    ("experiment", "latent_dim", "batch_size"),
+    [("mlp2", 2, 128), ("mlp32", 32, 128), ("fc_shallow", 64, 512)],
+)
+def test_experiments_set_the_seeds_settings(experiment, latent_dim, batch_size):
+    cfg = validate(compose(f"experiment={experiment}", "dataset=synthetic"))
+    assert cfg.model.latent_dim == latent_dim
+    assert cfg.trainer.batch_size == batch_size
+
+
+def test_command_line_overrides_beat_the_experiment_file():
+    cfg = validate(compose("experiment=mlp32", "model.latent_dim=8", "trainer.epochs=3", "dataset=synthetic"))
+    assert cfg.model.latent_dim == 8 and cfg.trainer.epochs == 3
+    assert [layer.out_features for layer in cfg.model.encoder] == [512, 256]
+
+
+def test_validate_fills_defaults_from_the_schemas():
+    cfg = compose("dataset=synthetic")
+    with open_dict(cfg):
+        del cfg.trainer["image_every"]  # a key a config file may leave out
+    assert validate(cfg).trainer.image_every == 5
+
+
+def test_dataset_root_follows_the_AEEXP_DATA_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("AEEXP_DATA", str(tmp_path))
+    assert validate(compose("dataset=fashion_mnist")).dataset.root == str(tmp_path)
+
+
+# ------------------------------------------------------------------------ bad values
+BAD_VALUES = [
+    # (overrides, the key the message must name, text the message must contain)
+    (["trainer.epochs=0"], "trainer.epochs", ["0"]),
+    (["trainer.batch_size=0"], "trainer.batch_size", ["0"]),
+    (["trainer.val_batch_size=-3"], "trainer.val_batch_size", ["-3"]),
+    (["trainer.grad_clip=0"], "trainer.grad_clip", ["0"]),
+    (["model.latent_dim=0"], "model.latent_dim", ["0"]),
+    (["model.latent_dim=-4"], "model.latent_dim", ["-4"]),
+    (["optimizer.lr=0"], "optimizer.lr", ["0"]),
+    (["optimizer.lr=-1"], "optimizer.lr", ["-1"]),
+    (["optimizer.eps=0"], "optimizer.eps", ["0"]),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay", ["-1"]),
+    (["optimizer.betas=[0.9,1.5]"], "optimizer.betas", ["1.5"]),
+    (["optimizer=sgd", "optimizer.momentum=1.0"], "optimizer.momentum", ["1.0"]),
+    (["trainer.epochs=abc"], "trainer.epochs", ["abc"]),
+    (["trainer.epochs=1.5"], "trainer.epochs", ["1.5"]),
+    (["optimizer.lr=abc"], "optimizer.lr", ["abc"]),
+    (["trainer.resume=maybe"], "trainer.resume", ["maybe"]),
+    (["seed=abc"], "seed", ["abc"]),
+    (["+model.foo=1"], "model.foo", ["unknown", "latent_dim"]),
+    (["+trainer.bogus=3"], "trainer.bogus", ["unknown", "epochs"]),
+    (["+sparsity.k=3"], "sparsity.k", ["unknown"]),
+    (["+foo=1"], "foo", ["unknown", "trainer"]),
+    (["model.name=nosuch"], "model.name", ["nosuch", "fc"]),
+    (["noise.name=nosuch"], "noise.name", ["nosuch", "none"]),
+    (["optimizer.name=nosuch"], "optimizer.name", ["nosuch", "adam", "sgd"]),
+    (["scheduler.name=nosuch"], "scheduler.name", ["nosuch", "plateau", "cosine"]),
+    (["scheduler.factor=1.5"], "scheduler.factor", ["1.5"]),
+    (["scheduler.patience=-1"], "scheduler.patience", ["-1"]),
+    (["scheduler.stop_lr=-1"], "scheduler.stop_lr", ["-1"]),
+    (["scheduler=cosine", "scheduler.min_lr=-1"], "scheduler.min_lr", ["-1"]),
+    (["device.precision=fp8"], "device.precision", ["fp8", "fp32", "bf16", "fp16"]),
+    (["device.name=tpu"], "device.name", ["tpu", "cpu", "cuda"]),
+    (["model.code_activation=relux"], "model.code_activation", ["relux", "leaky_relu"]),
+    (["model.encoder=[{out_features:0}]"], "model.encoder[0].out_features", ["0"]),
+    (["model.encoder=[{out_features:8,dropout:1.5}]"], "model.encoder[0].dropout", ["1.5"]),
+    (["dataset=fashion_mnist", "dataset.val_fraction=1.0"], "dataset.val_fraction", ["1.0"]),
+    (["dataset=synthetic", "dataset.num_train=0"], "dataset.num_train", ["0"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "texts"), BAD_VALUES, ids=[" ".join(case[0]) for case in BAD_VALUES]
+)
+def test_bad_value_raises_config_error_naming_key_and_value(overrides, key, texts):
+    if not any(o.startswith("dataset=") for o in overrides):
+        overrides = ["dataset=synthetic", *overrides]
+    with pytest.raises(ConfigError) as info:
+        validate(compose(*overrides))
+    message = str(info.value)
+    assert info.value.key == key, message
+    assert message.startswith(f"{key}:"), message
+    for text in texts:
+        assert text in message, f"{text!r} not in {message!r}"
+
+
+def test_unknown_key_inside_a_layer_descriptor_is_named_with_its_path():
+    """A typo inside ``model.encoder[0]`` must point there and list the layer's keys."""
+    with pytest.raises(ConfigError) as info:
+        validate(compose("dataset=synthetic", "model.encoder=[{out_features:8,bogus:1}]"))
+    message = str(info.value)
+    assert info.value.key == "model.encoder[0].bogus", message
+    assert "out_features" in message and "dropout" in message, message

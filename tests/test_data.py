@@ -1,0 +1,121 @@
+"""Data: IDX files through torchvision's own loader, missing-data errors, splits, batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aeexp.data import datasets
+from aeexp.data.datasets import DataNotFoundError, load_torchvision
+from aeexp.data.images import ImageSplits, index_batches, to_float
+from aeexp.registry import DATASETS
+from conftest import tiny_idx_set, write_idx_set
+
+
+@pytest.fixture(autouse=True)
+def no_system_copies(monkeypatch):
+    """Only the files a test writes count, not Debian's copies under /usr/share/datasets."""
+    for name in list(datasets.SYSTEM_DIRS):
+        monkeypatch.setitem(datasets.SYSTEM_DIRS, name, [])
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+def test_idx_files_round_trip_through_torchvision(tmp_path, gz):
+    data = tiny_idx_set(num_train=20, num_test=10)
+    write_idx_set(tmp_path / "FashionMNIST" / "raw", data, gz=gz)
+
+    splits = load_torchvision("fashion_mnist", root=str(tmp_path), download=False)
+
+    assert splits.train_images.shape == (20, 1, 28, 28) and splits.val_images.shape == (10, 1, 28, 28)
+    assert splits.train_images.dtype == torch.uint8 and splits.val_images.dtype == torch.uint8
+    assert torch.equal(splits.train_images[:, 0], data[("train", "images")])
+    assert torch.equal(splits.val_images[:, 0], data[("test", "images")])
+    assert splits.train_labels.tolist() == data[("train", "labels")].tolist()
+    assert splits.val_labels.tolist() == data[("test", "labels")].tolist()
+    assert splits.shape == (1, 28, 28)
+
+
+def test_registered_dataset_reads_the_root_it_is_given(tmp_path):
+    data = tiny_idx_set(num_train=12, num_test=6)
+    write_idx_set(tmp_path / "KMNIST" / "raw", data, gz=True)
+    splits = DATASETS.build({"name": "kmnist", "root": str(tmp_path), "download": False})
+    assert (len(splits.train_images), len(splits.val_images)) == (12, 6)
+    assert splits.name == "kmnist"
+
+
+@pytest.mark.parametrize(("name", "folder"), [("fashion_mnist", "FashionMNIST"), ("mnist", "MNIST")])
+def test_missing_data_without_download_says_where_it_looked_and_how_to_get_it(tmp_path, name, folder):
+    with pytest.raises(DataNotFoundError) as info:
+        load_torchvision(name, root=str(tmp_path), download=False)
+    message = str(info.value)
+    assert str(tmp_path / folder / "raw") in message
+    assert "dataset.download" in message  # why nothing was fetched
+    assert "dataset.root" in message
+    if name == "fashion_mnist":
+        assert "apt-get install dataset-fashion-mnist" in message
+
+
+def test_incomplete_idx_set_counts_as_missing(tmp_path):
+    raw = write_idx_set(tmp_path / "FashionMNIST" / "raw", tiny_idx_set())
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataNotFoundError):
+        load_torchvision("fashion_mnist", root=str(tmp_path), download=False)
+
+
+def test_val_fraction_carves_disjoint_validation_from_train(tmp_path):
+    data = tiny_idx_set(num_train=20, num_test=10)
+    write_idx_set(tmp_path / "FashionMNIST" / "raw", data)
+
+    splits = load_torchvision("fashion_mnist", root=str(tmp_path), val_fraction=0.25, download=False)
+
+    assert (len(splits.train_images), len(splits.val_images)) == (15, 5)
+    train_ids = splits.train_images[:, 0, 0, 0].tolist()  # each image's index in the train file
+    val_ids = splits.val_images[:, 0, 0, 0].tolist()
+    assert not set(train_ids) & set(val_ids)
+    assert sorted(train_ids + val_ids) == list(range(20))  # all of train, none of the test split
+    original = data[("train", "labels")]
+    assert splits.val_labels.tolist() == original[val_ids].tolist()  # labels travel with images
+
+
+def test_val_split_depends_only_on_split_seed(tmp_path):
+    write_idx_set(tmp_path / "FashionMNIST" / "raw", tiny_idx_set(num_train=40))
+
+    def val_ids(split_seed):
+        splits = load_torchvision("fashion_mnist", root=str(tmp_path), val_fraction=0.5, split_seed=split_seed,
+                                  download=False)
+        return splits.val_images[:, 0, 0, 0].tolist()
+
+    assert val_ids(0) == val_ids(0)
+    assert val_ids(0) != val_ids(1)
+
+
+def test_synthetic_dataset_is_small_uint8_and_reproducible():
+    node = {"name": "synthetic", "num_train": 32, "num_val": 16, "height": 12, "width": 10, "seed": 3}
+    a, b = DATASETS.build(node), DATASETS.build(node)
+    assert a.train_images.shape == (32, 1, 12, 10) and a.val_images.shape == (16, 1, 12, 10)
+    assert a.train_images.dtype == torch.uint8
+    assert a.train_images.float().std() > 10  # not blank
+    assert torch.equal(a.train_images, b.train_images) and torch.equal(a.val_labels, b.val_labels)
+    c = DATASETS.build({**node, "seed": 4})
+    assert not torch.equal(a.train_images, c.train_images)
+
+
+def test_image_splits_refuse_float_images():
+    with pytest.raises(ValueError, match="uint8"):
+        ImageSplits(torch.rand(4, 1, 2, 2), torch.zeros(4), torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(2))
+
+
+def test_index_batches_cover_every_image_once_in_the_given_order():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    batches = list(index_batches(images, 4, order))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    seen = torch.cat(batches).flatten() * 255
+    assert torch.equal(seen.round().long(), order)
+    assert batches[0].dtype == torch.float32
+
+
+def test_to_float_maps_uint8_to_unit_interval():
+    x = to_float(torch.tensor([0, 51, 255], dtype=torch.uint8))
+    assert x.dtype == torch.float32
+    assert torch.allclose(x, torch.tensor([0.0, 0.2, 1.0]))
