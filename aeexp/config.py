@@ -79,6 +79,7 @@ class TrainerConfig:
     num_images: int = 8
     num_threads: Optional[int] = None
     progress: bool = True
+    divergence_factor: Optional[float] = 1000.0
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
@@ -93,6 +94,10 @@ class TrainerConfig:
         require(
             self.num_threads is None or self.num_threads >= 1,
             "num_threads", self.num_threads, "null (torch's default) or an integer >= 1",
+        )
+        require(
+            self.divergence_factor is None or self.divergence_factor > 1,
+            "divergence_factor", self.divergence_factor, "null (only non-finite losses stop) or a factor > 1",
         )
 
 

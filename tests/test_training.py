@@ -218,3 +218,34 @@ def test_one_epoch_of_fc_on_fashion_mnist_beats_the_mean_image(tmp_path):
     )
     metrics = run_training(cfg, tmp_path / "run")
     assert metrics["val_mse"] < 0.03  # predicting the mean image: 0.087
+
+
+def test_absurd_learning_rate_stops_with_the_divergence_message(tmp_path):
+    from aeexp.training.trainer import DivergenceError
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(DivergenceError, match=r"epoch 1 at step \d+.*lower optimizer\.lr \(now 1e\+06\)"):
+        train(run_dir, "trainer.epochs=2", "optimizer.lr=1e6")
+    assert read_metrics(run_dir)["status"] == "failed"
+    assert not (run_dir / "checkpoints" / "best.pt").exists()
+
+
+def test_a_nan_loss_later_in_a_run_fails_cleanly_and_keeps_best(tmp_path, monkeypatch):
+    from aeexp.training.trainer import DivergenceError, Trainer
+
+    run_dir = tmp_path / "run"
+    train(run_dir, "trainer.epochs=1")
+    best = (run_dir / "checkpoints" / "best.pt").read_bytes()
+    real_step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, clean: real_step(self, clean) * float("nan"))
+    with pytest.raises(DivergenceError, match=r"epoch 2 at step 1 "):
+        train(run_dir, "trainer.epochs=3", "trainer.resume=true")
+    assert (run_dir / "checkpoints" / "best.pt").read_bytes() == best
+    assert read_metrics(run_dir)["status"] == "failed"
+    torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+
+
+def test_divergence_factor_null_lets_a_finite_loss_run(tmp_path):
+    metrics = train(tmp_path / "run", "trainer.epochs=1", "optimizer.lr=1e6", "trainer.divergence_factor=null",
+                    "model.output_activation=sigmoid", "model.code_activation=sigmoid")
+    assert metrics["status"] == "completed"

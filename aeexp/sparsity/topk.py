@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 
 from aeexp.config import require, require_choice
 from aeexp.registry import SPARSITY
@@ -105,11 +106,13 @@ class _SelectionSparsity(Sparsity):
         values, indices = candidates.topk(aux_k, dim=1)
         values = torch.where(torch.isfinite(values), values, torch.zeros_like(values))
         aux_code = torch.zeros_like(flat).scatter(1, indices, values).view_as(code)
-        baseline = decode(torch.zeros_like(code[:1]))  # the decoder's output for an empty code
-        target = residual.detach().float()
-        estimate = (decode(aux_code) - baseline).float()
-        nmse = (estimate - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
-        return self.aux_weight * nmse
+        with torch.no_grad():
+            residual = residual.detach().float()
+            scale = residual.pow(2).mean().clamp_min(1e-12)
+            # decode(aux) - decode(empty code) should match the residual; moving the empty
+            # code's output to the target side keeps the batch-sized graph one op shorter.
+            target = residual + decode(torch.zeros_like(code[:1])).float()
+        return self.aux_weight * F.mse_loss(decode(aux_code).float(), target) / scale
 
 
 @SPARSITY.register("topk", schema=TopKConfig)
@@ -157,12 +160,12 @@ class BatchTopKSparsity(_SelectionSparsity):
         flat = as_matrix(z)
         if self.training:
             keep = min(self.k * flat.shape[0], flat.numel())
-            values, indices = flat.flatten().topk(keep)
-            sparse = torch.zeros_like(flat).flatten().scatter(0, indices, values).view_as(flat)
-            self._update_threshold(values[-1])
-            fired = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-            fired = fired.index_fill_(0, indices, True).view_as(flat).any(0)
-            self._record_firing(fired, flat.shape[0])
+            # The keep-th largest entry by selection (linear time), not a full top-k sort.
+            smallest_kept = flat.detach().flatten().kthvalue(flat.numel() - keep + 1).values
+            mask = flat >= smallest_kept
+            sparse = flat * mask.to(flat.dtype)
+            self._update_threshold(smallest_kept)
+            self._record_firing(mask.any(0), flat.shape[0])
         elif self.eval_mode == "threshold" and bool(self.threshold_ready):
             sparse = flat * (flat > self.threshold).to(flat.dtype)
         else:

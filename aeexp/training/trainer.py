@@ -34,6 +34,10 @@ from aeexp.training.tensorboard import write_hparams
 log = logging.getLogger(__name__)
 
 
+class DivergenceError(FloatingPointError):
+    """The loss became non-finite or absurdly large; the message names epoch and step."""
+
+
 class Trainer:
     def __init__(
         self,
@@ -64,6 +68,7 @@ class Trainer:
         self.global_step = 0
         self.best_val_mse = math.inf
         self.best_epoch = 0
+        self.reference_loss: float | None = None  # the first batch's loss, for divergence checks
         self.metrics: dict[str, Any] = {}
         # Fixed validation samples for pictures: the same ones every epoch, so they compare.
         self.fixed_batch = to_float(self.data.val_images[: self.settings.num_images])
@@ -80,6 +85,7 @@ class Trainer:
             "global_step": self.global_step,
             "best_val_mse": self.best_val_mse,
             "best_epoch": self.best_epoch,
+            "reference_loss": self.reference_loss,
             "metrics": dict(self.metrics),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -101,6 +107,7 @@ class Trainer:
         self.global_step = state["global_step"]
         self.best_val_mse = state["best_val_mse"]
         self.best_epoch = state["best_epoch"]
+        self.reference_loss = state.get("reference_loss")
         self.metrics = dict(state.get("metrics", {}))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
@@ -145,10 +152,10 @@ class Trainer:
                 OmegaConf.to_container(self.cfg, resolve=True),
                 {k: self.metrics[k] for k in ("val_mse", "best_val_mse", "train_mse") if k in self.metrics},
             )
-        except BaseException:
-            if self.metrics:
-                self.metrics["status"] = "failed"
-                write_json(self.run_dir / "metrics.json", self.metrics)
+        except BaseException as err:
+            # Record the failure without touching the checkpoints: best.pt stays valid.
+            self.metrics.update(status="failed", error=f"{type(err).__name__}: {err}")
+            write_json(self.run_dir / "metrics.json", self.metrics)
             raise
         finally:
             writer.close()
@@ -211,18 +218,34 @@ class Trainer:
             dynamic_ncols=True,
             disable=None if self.settings.progress else True,
         )
-        for step, clean in enumerate(bar):
+        for step, clean in enumerate(bar, start=1):
             terms = self.train_step(clean)
             sums += terms.to(torch.float64) * len(clean)
+            # Reading the loss forces a device sync, so on a GPU look only every few steps.
+            if self.device.type == "cpu" or step % 10 == 0 or self.reference_loss is None:
+                self._check_divergence(terms[0].item(), epoch, step)
             if not bar.disable and step % 20 == 0:
                 bar.set_postfix(loss=f"{terms[0].item():.5f}", refresh=False)
         bar.close()
         loss_sum, mse_sum, penalty_sum, aux_sum = (sums / len(images)).tolist()
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(
-                f"training loss is {loss_sum} in epoch {epoch}: the run diverged; try a lower optimizer.lr"
-            )
+        self._check_divergence(loss_sum, epoch, step)
         return {"loss": loss_sum, "mse": mse_sum, "penalty": penalty_sum, "aux": aux_sum}
+
+    def _check_divergence(self, loss: float, epoch: int, step: int) -> None:
+        """Stop on a non-finite loss, or one ``trainer.divergence_factor`` times above the
+        run's first batch: Adam with an absurd learning rate gives finite but absurd losses."""
+        if self.reference_loss is None:
+            self.reference_loss = loss
+        factor = self.settings.divergence_factor
+        too_large = factor is not None and self.reference_loss > 0 and loss > factor * self.reference_loss
+        if math.isfinite(loss) and not too_large:
+            return
+        lr = self.optimizer.param_groups[0]["lr"]
+        raise DivergenceError(
+            f"training diverged in epoch {epoch} at step {step} of the epoch (global step {self.global_step}): "
+            f"loss {loss:.4g} against {self.reference_loss:.4g} at the first step; try a lower "
+            f"optimizer.lr (now {lr:g}), or trainer.grad_clip. best.pt is untouched."
+        )
 
     def train_step(self, clean: torch.Tensor) -> torch.Tensor:
         """One optimizer step; returns the detached (loss, mse, penalty, aux) of the batch.
