@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from aeexp.registry import (
     DATASETS,
@@ -181,6 +181,8 @@ def check_node(prefix: str, node: Any, schema: type) -> dict[str, Any]:
         owner = getattr(err, "object_type", None)
         valid = ", ".join(f.name for f in fields(owner if is_dataclass(owner) else schema))
         raise ConfigError(key, f"unknown key; valid keys here: {valid}") from None
+    except MissingMandatoryValue as err:
+        raise ConfigError(_full_key(prefix, err), "missing: this value is required (it is ??? in the YAML)") from None
     except ValidationError as err:
         key = _full_key(prefix, err)
         raise ConfigError(key, str(err).splitlines()[0]) from None

@@ -14,6 +14,8 @@ GROUP_OPTIONS = sorted(
     if group.is_dir() and group.name not in ("experiment", "hydra")
     for path in group.glob("*.yaml")
 )
+# Options with a value the user must give (`???` in their YAML).
+REQUIRED = {"image_folder": "dataset.root=/tmp/any-image-folder"}
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
@@ -28,6 +30,8 @@ def test_every_group_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
     if group != "dataset":
         overrides.append("dataset=synthetic")
+    if option in REQUIRED:
+        overrides.append(REQUIRED[option])
     cfg = validate(compose(*overrides))
     assert group in cfg
 
@@ -142,3 +146,9 @@ def test_unknown_key_inside_a_layer_descriptor_is_named_with_its_path():
     message = str(info.value)
     assert info.value.key == "model.encoder[0].bogus", message
     assert "out_features" in message and "dropout" in message, message
+
+
+def test_a_required_value_left_out_names_its_key():
+    with pytest.raises(ConfigError) as err:
+        validate(compose("dataset=image_folder"))
+    assert err.value.key == "dataset.root"

@@ -2,10 +2,67 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class _Order(Sampler):
+    """A sampler whose order is set before each pass, so one DataLoader (and its worker
+    processes) serves every epoch."""
+
+    def __init__(self) -> None:
+        self.positions: list[int] = []
+
+    def __iter__(self):
+        return iter(self.positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+class StreamedImages:
+    """Images read from disk batch by batch, for sets too large to keep on the device.
+
+    Wraps a dataset of uint8 (C, H, W) tensors; batches come through a DataLoader whose
+    workers decode images while the model trains (kept alive across epochs), and move to
+    ``device`` as uint8.
+    """
+
+    def __init__(self, dataset: Dataset, shape: tuple[int, int, int], num_workers: int = 2,
+                 device: torch.device | str = "cpu"):
+        self.dataset, self.shape, self.num_workers = dataset, tuple(shape), num_workers
+        self.device = torch.device(device)
+        self._loaders: dict[int, tuple[DataLoader, _Order]] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def numel(self) -> int:
+        return len(self) * math.prod(self.shape)
+
+    def to(self, device: torch.device | str) -> "StreamedImages":
+        return StreamedImages(self.dataset, self.shape, self.num_workers, device)
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first ``n`` images as one uint8 tensor on the device (for fixed picture batches)."""
+        return torch.stack([self.dataset[i][0] for i in range(min(n, len(self)))]).to(self.device)
+
+    def batches(self, batch_size: int, order: list[int]) -> Iterator[torch.Tensor]:
+        if batch_size not in self._loaders:
+            sampler = _Order()
+            loader = DataLoader(
+                self.dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0,
+            )
+            self._loaders[batch_size] = (loader, sampler)
+        loader, sampler = self._loaders[batch_size]
+        sampler.positions = order
+        for images, _ in loader:
+            yield images.to(self.device, non_blocking=True)
 
 
 @dataclass
@@ -25,6 +82,8 @@ class ImageSplits:
     def __post_init__(self) -> None:
         for split in ("train", "val"):
             images = getattr(self, f"{split}_images")
+            if isinstance(images, StreamedImages):
+                continue
             if images.dtype != torch.uint8 or images.dim() != 4:
                 raise ValueError(f"{split}_images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if self.train_images.shape[1:] != self.val_images.shape[1:]:
@@ -33,6 +92,8 @@ class ImageSplits:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of one image: what model builders size themselves by."""
+        if isinstance(self.train_images, StreamedImages):
+            return self.train_images.shape
         return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
 
     def to(self, device: torch.device | str) -> "ImageSplits":
@@ -58,12 +119,22 @@ def carve_validation(images: torch.Tensor, labels: torch.Tensor, fraction: float
     return images[train], labels[train], images[val], labels[val]
 
 
+def head(images: torch.Tensor | StreamedImages, n: int) -> torch.Tensor:
+    """The first ``n`` images as a uint8 tensor, wherever they live."""
+    return images.head(n) if isinstance(images, StreamedImages) else images[:n]
+
+
 def index_batches(
-    images: torch.Tensor, batch_size: int, order: torch.Tensor | None = None, start: int = 0
+    images: torch.Tensor | StreamedImages, batch_size: int, order: torch.Tensor | None = None, start: int = 0
 ) -> Iterator[torch.Tensor]:
     """Yield float batches of ``images`` in ``order`` (all of them, the last one short),
     beginning at batch number ``start`` (used when resuming inside an epoch)."""
     n = len(images)
+    if isinstance(images, StreamedImages):
+        positions = (order if order is not None else torch.arange(n)).tolist()[start * batch_size :]
+        for chunk in images.batches(batch_size, positions):
+            yield to_float(chunk)
+        return
     for begin in range(start * batch_size, n, batch_size):
         if order is None:
             chunk = images[begin : begin + batch_size]

@@ -57,7 +57,7 @@ class BatchTopKConfig(TopKConfig):
 
 def topk_per_sample(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep each row's ``k`` largest values; return (sparse code, indices kept)."""
-    values, indices = flat.topk(k, dim=1)
+    values, indices = flat.topk(k, dim=1, sorted=False)
     return torch.zeros_like(flat).scatter(1, indices, values), indices
 
 

@@ -23,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from aeexp.data.images import ImageSplits, index_batches, num_batches, to_float
+from aeexp.data.images import ImageSplits, head, index_batches, num_batches, to_float
 from aeexp.registry import NOISE, OPTIMIZERS, SCHEDULERS
 from aeexp.training.device import autocast, grad_scaler
 from aeexp.training.files import CheckpointError, load_checkpoint, save_checkpoint, write_json
@@ -71,8 +71,8 @@ class Trainer:
         self.reference_loss: float | None = None  # the first batch's loss, for divergence checks
         self.metrics: dict[str, Any] = {}
         # Fixed validation samples for pictures: the same ones every epoch, so they compare.
-        self.fixed_batch = to_float(self.data.val_images[: self.settings.num_images])
-        self.code_batch = to_float(self.data.val_images[:512])
+        self.fixed_batch = to_float(head(self.data.val_images, self.settings.num_images))
+        self.code_batch = to_float(head(self.data.val_images, 512))
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -186,6 +186,7 @@ class Trainer:
             "val_l0": val["val_l0"],
             "dead_fraction": val["dead_fraction"],
             "val_mean_activation": val["val_mean_activation"],
+            **{k: val[k] for k in ("val_denoise_mse", "val_noisy_mse") if k in val},
             "best_val_mse": self.best_val_mse,
             "best_epoch": self.best_epoch,
             "lr": lr,
@@ -297,12 +298,35 @@ class Trainer:
             magnitude += z.float().abs().sum(dtype=torch.float64)
         n = len(images)
         firing_rate = fired / n
-        return {
+        figures = {
             "val_mse": (squared_error / images.numel()).item(),
             "val_l0": (nonzero / n).item(),
             "dead_fraction": (firing_rate == 0).double().mean().item(),
             "val_mean_activation": (magnitude / (n * len(firing_rate))).item(),
             "firing_rate": firing_rate,
+        }
+        if self.noise.active and self.noise.on_val:
+            figures.update(self.validate_denoising())
+        return figures
+
+    @torch.no_grad()
+    def validate_denoising(self) -> dict[str, float]:
+        """``val_denoise_mse``: reconstructions of noisy validation inputs against the clean
+        images; ``val_noisy_mse``: the noisy inputs' own error (what doing nothing scores).
+        The noise comes from a fixed-seed generator, so it is identical every epoch."""
+        images = self.data.val_images
+        generator = self.noise.val_generator(self.device)
+        denoised_error = torch.zeros((), dtype=torch.float64, device=self.device)
+        noisy_error = torch.zeros((), dtype=torch.float64, device=self.device)
+        for clean in index_batches(images, self.settings.val_batch_size):
+            noisy = self.noise(clean, generator)
+            with autocast(self.device, self.precision):
+                x_hat, _ = self.model(noisy)
+            denoised_error += (x_hat.float() - clean).pow(2).sum(dtype=torch.float64)
+            noisy_error += (noisy - clean).pow(2).sum(dtype=torch.float64)
+        return {
+            "val_denoise_mse": (denoised_error / images.numel()).item(),
+            "val_noisy_mse": (noisy_error / images.numel()).item(),
         }
 
     # --------------------------------------------------------------- logging
@@ -313,6 +337,9 @@ class Trainer:
         writer.add_scalar("train/penalty", m["train_penalty"], epoch)
         writer.add_scalar("train/aux", m["train_aux"], epoch)
         writer.add_scalar("val/mse", m["val_mse"], epoch)
+        if "val_denoise_mse" in m:
+            writer.add_scalar("val/denoise_mse", m["val_denoise_mse"], epoch)
+            writer.add_scalar("val/noisy_input_mse", m["val_noisy_mse"], epoch)
         writer.add_scalar("latent/val_l0", m["val_l0"], epoch)
         writer.add_scalar("latent/dead_fraction", m["dead_fraction"], epoch)
         writer.add_scalar("latent/val_mean_activation", m["val_mean_activation"], epoch)
@@ -335,7 +362,8 @@ class Trainer:
 
     @torch.no_grad()
     def _log_pictures(self, writer: SummaryWriter, epoch: int) -> None:
-        """The seed's three panels, to TensorBoard and to ``images/*.png`` (latest epoch)."""
+        """The seed's three panels (and, with noise, noisy / denoised / clean rows), to
+        TensorBoard and to ``images/*.png`` (latest epoch)."""
         self.model.eval()
         x_hat, _ = self.model(self.fixed_batch)
         _, codes = self.model(self.code_batch)
@@ -344,6 +372,9 @@ class Trainer:
             "codes": code_image(codes),
             "dictionary": dictionary_grid(self.model, tuple(codes.shape[1:])),
         }
+        if self.noise.active:
+            noisy = self.noise(self.fixed_batch, self.noise.val_generator(self.device))
+            pictures["denoising"] = reconstruction_rows(noisy, self.model(noisy)[0], self.fixed_batch)
         folder = self.run_dir / "images"
         folder.mkdir(exist_ok=True)
         for name, image in pictures.items():

@@ -1,13 +1,15 @@
-"""What each sparsity method costs: training seconds per epoch against ``sparsity=none``.
+"""What a choice costs: training seconds per epoch of config variants against a baseline.
 
-The budget (issue: sparsity) is at most 25% extra epoch time over ``none`` on the default
-fc model. Every method trains the same model from the same initial weights through aeexp's
-Trainer on the same data, in one process; epochs of the methods are interleaved so that a
-drift in machine speed hits all of them alike, and medians are reported. No timing is
-asserted: the figures are for a person to read (and for the README).
+``--group sparsity`` compares each sparsity method with ``sparsity=none`` (budget: +25%),
+``--group noise`` each noise transform with ``noise=none`` (budget: +20%), ``--group models``
+the conv models with the default fc one. Every variant trains through aeexp's Trainer on
+the same data, in one process; epochs of the variants are interleaved so that a drift in
+machine speed hits all of them alike, and medians are reported. No timing is asserted: the
+figures are for a person to read (and for the README).
 
-    python benchmarks/bench_sparsity.py
-    python benchmarks/bench_sparsity.py --variants none topk kl --epochs 5
+    python benchmarks/bench_variants.py --group sparsity
+    python benchmarks/bench_variants.py --group noise --epochs 5
+    python benchmarks/bench_variants.py --group sparsity --variants none topk kl
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from aeexp.training.device import resolve_device
 from aeexp.training.run import build_model, load_data, seed_everything
 from aeexp.training.trainer import Trainer
 
-# label -> overrides. AuxK (on by default for the selection methods) adds a decoder pass
-# whenever some latent is dead, so those methods are measured with and without it.
-VARIANTS = {
+# group -> label -> overrides; the first variant of a group is its baseline. AuxK (on by
+# default for the selection methods) adds a decoder pass whenever some latent is dead, so
+# those methods are measured with and without it.
+GROUPS = {"sparsity": {
     "none": ["sparsity=none"],
     "topk": ["sparsity=topk"],
     "topk, no AuxK": ["sparsity=topk", "sparsity.aux_weight=0"],
@@ -39,7 +42,17 @@ VARIANTS = {
     "lifetime": ["sparsity=lifetime"],
     "l1": ["sparsity=l1"],
     "kl": ["sparsity=kl"],
-}
+}, "noise": {
+    "none": ["noise=none"],
+    "gaussian": ["noise=gaussian"],
+    "masking": ["noise=masking"],
+    "salt_pepper": ["noise=salt_pepper"],
+}, "models": {
+    "fc": ["model=fc"],
+    "mlp": ["model=mlp"],
+    "conv_fc": ["model=conv_fc"],
+    "conv": ["model=conv"],
+}}
 
 
 def make_trainer(variant: list[str], args, data, run_dir: Path) -> Trainer:
@@ -58,8 +71,9 @@ def make_trainer(variant: list[str], args, data, run_dir: Path) -> Trainer:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="training seconds per epoch of each sparsity method vs none")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p = argparse.ArgumentParser(description="training seconds per epoch of config variants vs a baseline")
+    p.add_argument("--group", choices=list(GROUPS), default="sparsity")
+    p.add_argument("--variants", nargs="+", help="labels within the group (default: all)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--root", default=os.environ.get("AEEXP_DATA", "data"))
@@ -68,7 +82,9 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("overrides", nargs="*", help="more Hydra overrides")
     args = p.parse_args()
-    methods = ["none"] + [m for m in args.variants if m != "none"]
+    variants = GROUPS[args.group]
+    baseline = next(iter(variants))
+    methods = [baseline] + [m for m in (args.variants or variants) if m != baseline]
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"dataset={args.dataset}"])
@@ -78,7 +94,7 @@ def main() -> None:
 
     seconds: dict[str, list[float]] = {m: [] for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {m: make_trainer(VARIANTS[m], args, data, Path(tmp) / str(i)) for i, m in enumerate(methods)}
+        trainers = {m: make_trainer(variants[m], args, data, Path(tmp) / str(i)) for i, m in enumerate(methods)}
         for trainer in trainers.values():  # warm-up epoch, untimed
             trainer.train_epoch(0)
         for epoch in range(1, args.epochs + 1):
@@ -89,12 +105,11 @@ def main() -> None:
 
     median = {m: statistics.median(s) for m, s in seconds.items()}
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    print(f"{args.dataset}, model fc, batch {args.batch_size}, device {device}{threads}, "
-          f"median of {args.epochs} epochs")
-    print(f"{'sparsity':<22}{'train s/epoch':>14}{'vs none':>10}")
+    print(f"{args.dataset}, batch {args.batch_size}, device {device}{threads}, median of {args.epochs} epochs")
+    print(f"{args.group:<22}{'train s/epoch':>14}{'vs ' + baseline:>12}")
     for method in methods:
-        extra = median[method] / median["none"] - 1
-        print(f"{method:<22}{median[method]:>14.3f}{extra:>+10.0%}")
+        extra = median[method] / median[baseline] - 1
+        print(f"{method:<22}{median[method]:>14.3f}{extra:>+12.0%}")
     if args.json:
         args.json.write_text(json.dumps({"seconds": seconds, "median": median, "device": str(device)}, indent=2))
 
