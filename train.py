@@ -16,6 +16,8 @@ from omegaconf import DictConfig
 
 import aeexp  # noqa: F401  (registers every built-in component)
 from aeexp.cli import USER_ERRORS
+from aeexp.sweeps import record_failure, spread_over_gpus
+from aeexp.training.interrupts import TrainingInterrupted
 from aeexp.training.run import run_training
 
 log = logging.getLogger("train")
@@ -24,12 +26,20 @@ log = logging.getLogger("train")
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        spread_over_gpus(hydra_cfg.job.num)
     try:
         metrics = run_training(cfg, Path(hydra_cfg.runtime.output_dir))
+    except TrainingInterrupted as err:
+        log.error("%s", err)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # a preempted sweep stops; rerun it with trainer.resume=true
+        sys.exit(128 + err.signum)  # the shell's convention for "ended by signal N"
     except USER_ERRORS as err:
         log.error("%s", err)  # one line on the console and in train.log, no traceback
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise
+            record_failure(Path(hydra_cfg.runtime.output_dir), err)
+            return float("nan")  # the other jobs go on; aeexp.sweeps.FailureReport lists this one
         sys.exit(2)
     log.info("run directory: %s (status %s, best val_mse %.6f)", hydra_cfg.runtime.output_dir,
              metrics.get("status"), metrics.get("best_val_mse", float("nan")))

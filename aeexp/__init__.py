@@ -4,7 +4,7 @@ Importing the package imports every built-in component, so every registry is com
 whichever module a user imports first.
 """
 
-from aeexp import data, models, sparsity, training  # noqa: F401  (registration)
+from aeexp import data, models, sparsity, sweeps, training  # noqa: F401  (registration)
 from aeexp.registry import ALL_REGISTRIES
 
 __version__ = "0.1.0"

@@ -74,6 +74,7 @@ class TrainerConfig:
     batch_size: int = 512
     val_batch_size: int = 2048
     resume: bool = False
+    resume_from: str = "last"
     grad_clip: Optional[float] = None
     image_every: int = 5
     num_images: int = 8
@@ -89,6 +90,7 @@ class TrainerConfig:
             self.grad_clip is None or self.grad_clip > 0,
             "grad_clip", self.grad_clip, "null (no clipping) or a max gradient norm > 0",
         )
+        require_choice("resume_from", self.resume_from, ("last", "best"))
         require(self.image_every >= 0, "image_every", self.image_every, "an integer >= 0 (0: never)")
         require(1 <= self.num_images <= 64, "num_images", self.num_images, "an integer in [1, 64]")
         require(

@@ -11,7 +11,7 @@ from conftest import CONF_DIR, compose
 GROUP_OPTIONS = sorted(
     (group.name, path.stem)
     for group in CONF_DIR.iterdir()
-    if group.is_dir() and group.name not in ("experiment", "hydra")
+    if group.is_dir() and group.name not in ("experiment", "hydra", "hparams_search")
     for path in group.glob("*.yaml")
 )
 # Options with a value the user must give (`???` in their YAML).
@@ -34,6 +34,11 @@ def test_every_group_option_composes_and_validates(group, option):
         overrides.append(REQUIRED[option])
     cfg = validate(compose(*overrides))
     assert group in cfg
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml")))
+def test_every_hparams_search_composes_and_validates(name):
+    validate(compose(f"hparams_search={name}", "dataset=synthetic"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

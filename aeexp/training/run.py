@@ -6,6 +6,7 @@ it directly with a config from Hydra's compose API.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -48,6 +49,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def finished_metrics(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The metrics of a run in ``run_dir`` that already completed what ``cfg`` asks, else None;
+    this is what lets a rerun sweep skip its finished jobs."""
+    path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    done = metrics.get("epoch", 0) >= cfg.trainer.epochs or bool(metrics.get("stop_reason"))
+    return metrics if metrics.get("status") == "completed" and done else None
+
+
 def run_training(cfg: DictConfig, run_dir: Path | str) -> dict[str, Any]:
     """Train the run ``cfg`` describes in ``run_dir``; return its final metrics.
 
@@ -56,6 +69,10 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict[str, Any]:
     """
     cfg = validate(cfg)
     run_dir = Path(run_dir)
+    finished = finished_metrics(run_dir, cfg) if cfg.trainer.resume else None
+    if finished is not None:
+        log.info("%s already completed %d epochs: skipping (trainer.resume=true)", run_dir, finished["epoch"])
+        return finished
     device = resolve_device(cfg.device.name)
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists() and not cfg.trainer.resume:

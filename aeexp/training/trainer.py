@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from aeexp.data.images import ImageSplits, head, index_batches, num_batches, to_
 from aeexp.registry import NOISE, OPTIMIZERS, SCHEDULERS
 from aeexp.training.device import autocast, grad_scaler
 from aeexp.training.files import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from aeexp.training.interrupts import InterruptWatch, TrainingInterrupted
 from aeexp.training.optim import should_stop, step_scheduler
 from aeexp.training.pictures import code_image, dictionary_grid, reconstruction_rows
 from aeexp.training.tensorboard import write_hparams
@@ -69,6 +71,10 @@ class Trainer:
         self.best_val_mse = math.inf
         self.best_epoch = 0
         self.reference_loss: float | None = None  # the first batch's loss, for divergence checks
+        # Where an interrupted epoch stopped: its number, batches done, the shuffle generator's
+        # state before the epoch's permutation, and the running loss sums; None between epochs.
+        self.partial_epoch: dict[str, Any] | None = None
+        self.interrupts = InterruptWatch()
         self.metrics: dict[str, Any] = {}
         # Fixed validation samples for pictures: the same ones every epoch, so they compare.
         self.fixed_batch = to_float(head(self.data.val_images, self.settings.num_images))
@@ -86,6 +92,7 @@ class Trainer:
             "best_val_mse": self.best_val_mse,
             "best_epoch": self.best_epoch,
             "reference_loss": self.reference_loss,
+            "partial_epoch": self.partial_epoch,
             "metrics": dict(self.metrics),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -108,6 +115,7 @@ class Trainer:
         self.best_val_mse = state["best_val_mse"]
         self.best_epoch = state["best_epoch"]
         self.reference_loss = state.get("reference_loss")
+        self.partial_epoch = state.get("partial_epoch")
         self.metrics = dict(state.get("metrics", {}))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
@@ -117,34 +125,53 @@ class Trainer:
         random.setstate((3, tuple(rng["python"]), None))
 
     def resume(self) -> bool:
-        """Continue from ``checkpoints/last.pt`` if there is one; say whether there was."""
-        path = self.checkpoint_dir / "last.pt"
+        """Continue from ``checkpoints/<trainer.resume_from>.pt`` (``last`` by default) if
+        there is one; say whether there was.
+
+        A damaged ``last.pt`` stops the run with a message offering ``best.pt``; resuming from
+        ``best.pt`` moves the damaged file aside (``last.pt.damaged``) rather than losing it.
+        """
+        source = self.settings.resume_from
+        path = self.checkpoint_dir / f"{source}.pt"
         if not path.exists():
             log.info("trainer.resume=true but %s does not exist: starting from scratch", path)
             return False
         try:
             self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        except CheckpointError as err:
+            hint = " Continue from the best epoch with trainer.resume_from=best," if source == "last" else ""
+            raise CheckpointError(f"{err}.{hint} or start afresh in a new hydra.run.dir.") from None
         except (RuntimeError, ValueError, KeyError) as err:
-            if isinstance(err, CheckpointError):
-                raise
             raise CheckpointError(
                 f"{path} does not fit this config (it was written by a run with different settings: "
                 f"{str(err).strip().splitlines()[0]}); resume with the run's own overrides, or use a new hydra.run.dir"
             ) from None
+        last = self.checkpoint_dir / "last.pt"
+        if source == "best" and last.exists():
+            try:
+                load_checkpoint(last)
+            except CheckpointError:
+                last.rename(last.with_name("last.pt.damaged"))
+                log.warning("moved the unreadable %s aside to last.pt.damaged", last)
         log.info("resumed from %s after epoch %d (best val_mse %.6f)", path, self.epoch, self.best_val_mse)
         return True
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
-        """Train until ``trainer.epochs`` or until the scheduler says stop; return the final metrics."""
+        """Train until ``trainer.epochs`` or until the scheduler says stop; return the final metrics.
+
+        SIGTERM / SIGINT stop the run at the next step with ``last.pt`` saved
+        (TrainingInterrupted); a failure leaves the checkpoints as they were.
+        """
         writer = SummaryWriter(log_dir=str(self.run_dir))
         try:
-            if self.epoch >= self.settings.epochs or self.metrics.get("stop_reason"):
-                log.info("nothing to do: %d of %d epochs already done", self.epoch, self.settings.epochs)
-            for epoch in range(self.epoch + 1, self.settings.epochs + 1):
-                if self.metrics.get("stop_reason"):
-                    break
-                self._run_epoch(epoch, writer)
+            with self.interrupts:
+                if self.epoch >= self.settings.epochs or self.metrics.get("stop_reason"):
+                    log.info("nothing to do: %d of %d epochs already done", self.epoch, self.settings.epochs)
+                for epoch in range(self.epoch + 1, self.settings.epochs + 1):
+                    if self.metrics.get("stop_reason"):
+                        break
+                    self._run_epoch(epoch, writer)
             self.metrics["status"] = "completed"
             write_json(self.run_dir / "metrics.json", self.metrics)
             write_hparams(
@@ -152,6 +179,8 @@ class Trainer:
                 OmegaConf.to_container(self.cfg, resolve=True),
                 {k: self.metrics[k] for k in ("val_mse", "best_val_mse", "train_mse") if k in self.metrics},
             )
+        except TrainingInterrupted:
+            raise  # metrics.json already says interrupted; last.pt holds the point to resume from
         except BaseException as err:
             # Record the failure without touching the checkpoints: best.pt stays valid.
             self.metrics.update(status="failed", error=f"{type(err).__name__}: {err}")
@@ -205,21 +234,28 @@ class Trainer:
         self._log_epoch(writer, epoch, improved, val["firing_rate"])
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training set in a fresh random order."""
+        """One pass over the training set in a fresh random order (or the rest of a pass
+        that a signal interrupted: same order, same running sums)."""
         self.model.train()
         images = self.data.train_images
         batch_size = self.settings.batch_size
+        start, sums = 0, torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, mse, penalty, aux
+        if self.partial_epoch is not None and self.partial_epoch["epoch"] == epoch:
+            self.shuffle_generator.set_state(self.partial_epoch["shuffle"].cpu())
+            start, sums = self.partial_epoch["batches_done"], self.partial_epoch["sums"].to(self.device)
+        self.partial_epoch = None
+        shuffle_state = self.shuffle_generator.get_state()
         order = torch.randperm(len(images), generator=self.shuffle_generator).to(self.device)
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, mse, penalty, aux (x samples)
         bar = tqdm(
-            index_batches(images, batch_size, order),
+            index_batches(images, batch_size, order, start=start),
+            initial=start,
             total=num_batches(len(images), batch_size),
             desc=f"epoch {epoch}/{self.settings.epochs}",
             leave=False,
             dynamic_ncols=True,
             disable=None if self.settings.progress else True,
         )
-        for step, clean in enumerate(bar, start=1):
+        for step, clean in enumerate(bar, start=start + 1):
             terms = self.train_step(clean)
             sums += terms.to(torch.float64) * len(clean)
             # Reading the loss forces a device sync, so on a GPU look only every few steps.
@@ -227,10 +263,30 @@ class Trainer:
                 self._check_divergence(terms[0].item(), epoch, step)
             if not bar.disable and step % 20 == 0:
                 bar.set_postfix(loss=f"{terms[0].item():.5f}", refresh=False)
+            if self.interrupts.requested:
+                bar.close()
+                self._stop_inside_epoch(epoch, step, shuffle_state, sums)
         bar.close()
         loss_sum, mse_sum, penalty_sum, aux_sum = (sums / len(images)).tolist()
         self._check_divergence(loss_sum, epoch, step)
         return {"loss": loss_sum, "mse": mse_sum, "penalty": penalty_sum, "aux": aux_sum}
+
+    def _stop_inside_epoch(self, epoch: int, step: int, shuffle_state: torch.Tensor, sums: torch.Tensor) -> None:
+        """Save where this epoch stands into last.pt, then stop with TrainingInterrupted."""
+        self.partial_epoch = {"epoch": epoch, "batches_done": step, "shuffle": shuffle_state, "sums": sums.cpu()}
+        save_checkpoint(self.checkpoint_dir / "last.pt", self.state_dict())
+        signum = self.interrupts.signum
+        name = signal.Signals(signum).name
+        log.warning("%s received: saved %s after step %d of epoch %d", name, self.checkpoint_dir / "last.pt",
+                    step, epoch)
+        self.metrics["status"] = "interrupted"
+        write_json(self.run_dir / "metrics.json", self.metrics)
+        self.interrupts.pass_on()
+        raise TrainingInterrupted(
+            signum,
+            f"interrupted by {name} in epoch {epoch} after step {step}; last.pt holds that point: "
+            f"continue with trainer.resume=true hydra.run.dir={self.run_dir}",
+        )
 
     def _check_divergence(self, loss: float, epoch: int, step: int) -> None:
         """Stop on a non-finite loss, or one ``trainer.divergence_factor`` times above the

@@ -1,0 +1,61 @@
+"""Turning SIGTERM / SIGINT into a clean stop at the next training step.
+
+A cluster preempting a job, ``kill``, or Ctrl-C should cost at most one step of work: the
+handler only records the request, and the trainer, at the next step boundary, saves
+``last.pt`` (with its place inside the epoch), marks ``metrics.json`` interrupted and stops.
+A second signal of the same kind acts as it normally would, so a stuck run can still be
+killed. Where another handler was installed first (submitit's, which requeues a preempted
+SLURM job), it is called after the checkpoint is saved.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on a signal after saving ``last.pt``; resume with trainer.resume=true."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class InterruptWatch:
+    """Installs the handlers while active (``with InterruptWatch() as watch``)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one is not deferred
+
+    def __enter__(self) -> "InterruptWatch":
+        if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
+            for signum in SIGNALS:
+                self._previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def pass_on(self) -> None:
+        """Give the signal to the handler that was there before ours, if it was a function
+        (submitit's requeue); the default handlers are replaced by our own clean exit."""
+        previous = self._previous.get(self.signum) if self.signum is not None else None
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self.signum, None)

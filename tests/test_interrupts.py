@@ -1,0 +1,71 @@
+"""SIGTERM / SIGINT: stop at a step boundary with last.pt saved; resume equals no interruption."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO, small_run
+
+from aeexp.training.interrupts import TrainingInterrupted
+from aeexp.training.run import run_training
+from aeexp.training.trainer import Trainer
+
+RUN = ("trainer.epochs=3", "noise=gaussian", "model.encoder=[{out_features:64,activation:relu,dropout:0.2}]")
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def test_an_interrupted_epoch_resumes_where_it_stopped_and_ends_with_the_same_weights(tmp_path, monkeypatch):
+    run_training(small_run(*RUN), tmp_path / "straight")
+
+    real_step = Trainer.train_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, clean):
+        calls["n"] += 1
+        if calls["n"] == 12:  # inside epoch 2 (8 batches of 64 per epoch)
+            self.interrupts.signum = signal.SIGTERM
+        return real_step(self, clean)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted, match="epoch 2 after step 4"):
+        run_training(small_run(*RUN), tmp_path / "stopped")
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+
+    saved = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["partial_epoch"]["batches_done"] == 4
+    assert json.loads((tmp_path / "stopped" / "metrics.json").read_text())["status"] == "interrupted"
+
+    metrics = run_training(small_run(*RUN, "trainer.resume=true"), tmp_path / "stopped")
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert metrics["val_mse"] == straight["val_mse"] and metrics["train_loss"] == straight["train_loss"]
+    for name, tensor in weights(tmp_path / "straight").items():
+        assert torch.equal(tensor, weights(tmp_path / "stopped")[name]), name
+
+
+def test_sigterm_to_train_py_saves_last_pt_and_exits_non_zero(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "train.py", "dataset=synthetic", "dataset.num_train=20000", "dataset.num_val=64",
+               "trainer.batch_size=16", "trainer.epochs=50", "device=cpu", "trainer.image_every=0",
+               f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not (run_dir / "metrics.json").exists() and time.time() < deadline:
+        time.sleep(0.2)  # the first epoch has finished
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output
+    assert "trainer.resume=true" in output
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["partial_epoch"] is not None and state["partial_epoch"]["epoch"] == state["epoch"] + 1

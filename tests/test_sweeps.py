@@ -1,0 +1,101 @@
+"""Sweeps through Hydra's launcher and sweeper plugins, and runs that survive damage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, small_run
+
+from aeexp.training.files import CheckpointError
+from aeexp.training.run import run_training
+
+TINY = ["dataset=synthetic", "dataset.num_train=256", "dataset.num_val=64", "trainer.batch_size=64",
+        "trainer.epochs=1", "trainer.image_every=0", "device=cpu", "trainer.num_threads=1"]
+
+
+def sweep(sweep_dir, *overrides, check=True):
+    result = subprocess.run([sys.executable, "train.py", "-m", *TINY, f"hydra.sweep.dir={sweep_dir}", *overrides],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def statuses(sweep_dir):
+    return {p.parent.name: json.loads(p.read_text())["status"] for p in sweep_dir.glob("*/metrics.json")}
+
+
+def test_joblib_sweep_of_four_jobs_on_two_workers(tmp_path):
+    sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.latent_dim=8,16",
+          "sparsity=none,l1")
+    done = statuses(tmp_path)
+    assert len(done) == 4 and set(done.values()) == {"completed"}
+    assert any("model.latent_dim=16" in name and "sparsity=l1" in name for name in done)  # readable names
+
+
+def test_submitit_local_sweep_of_two_jobs(tmp_path):
+    sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "model.latent_dim=8,16")
+    assert list(statuses(tmp_path).values()) == ["completed", "completed"]
+
+
+def test_rerun_sweep_skips_finished_jobs_and_resumes_the_others(tmp_path):
+    sweep(tmp_path, "model.latent_dim=8,16", "trainer.epochs=2")
+    finished = next(tmp_path.glob("*latent_dim=8*"))
+    unfinished = next(tmp_path.glob("*latent_dim=16*"))
+    kept = (finished / "checkpoints" / "last.pt").read_bytes()
+    # Make the second job look interrupted after its first epoch.
+    state = torch.load(unfinished / "checkpoints" / "last.pt", weights_only=True)
+    first_epoch = json.loads((unfinished / "metrics.json").read_text())
+    state["epoch"], first_epoch["epoch"], first_epoch["status"] = 1, 1, "interrupted"
+    torch.save(state, unfinished / "checkpoints" / "last.pt")
+    (unfinished / "metrics.json").write_text(json.dumps(first_epoch))
+
+    result = sweep(tmp_path, "model.latent_dim=8,16", "trainer.epochs=2", "trainer.resume=true")
+    output = result.stdout + result.stderr
+    assert (finished / "checkpoints" / "last.pt").read_bytes() == kept
+    assert "skipping" in output and "resumed from" in output
+    assert statuses(tmp_path) == {finished.name: "completed", unfinished.name: "completed"}
+    assert json.loads((unfinished / "metrics.json").read_text())["epoch"] == 2
+
+
+def test_a_failing_job_does_not_stop_the_others_and_is_listed(tmp_path):
+    result = sweep(tmp_path, "optimizer.lr=1e-3,1e6,-1", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "Traceback" not in output
+    done = statuses(tmp_path)
+    assert sorted(done.values()) == ["completed", "failed", "failed"]
+    assert "1 of 3 runs completed" in output and "diverged" in output and "optimizer.lr: got -1.0" in output
+
+
+def test_optuna_search_returns_the_metric_to_the_sweeper(tmp_path):
+    sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2")
+    results = (tmp_path / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "best_value" in results
+    assert len(statuses(tmp_path)) == 2
+
+
+def test_truncated_last_checkpoint_gives_one_clear_message_and_best_is_the_way_out(tmp_path):
+    run_training(small_run("trainer.epochs=2"), tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"cannot be read.*trainer\.resume_from=best"):
+        run_training(small_run("trainer.epochs=3", "trainer.resume=true"), tmp_path)
+    metrics = run_training(small_run("trainer.epochs=3", "trainer.resume=true", "trainer.resume_from=best"), tmp_path)
+    assert metrics["status"] == "completed" and metrics["epoch"] == 3
+    assert (tmp_path / "checkpoints" / "last.pt.damaged").is_file()
+    torch.load(last, weights_only=True)
+
+
+def test_truncated_checkpoint_through_train_py_is_one_line(tmp_path):
+    run_training(small_run("trainer.epochs=1"), tmp_path)
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    result = subprocess.run([sys.executable, "train.py", *TINY, "trainer.epochs=2", "trainer.resume=true",
+                             f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert "resume_from=best" in output
