@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp.config import ConfigError, cross_check
+from aeexp.config import ConfigError, _check_registry_node, cross_check
 from aeexp.models.layerwise import carry_over, keep_depth, set_trainable
 from aeexp.models.tied import is_tied, tie, untie, untied_state_dict
 from aeexp.registry import MODELS, OPTIMIZERS, SCHEDULERS, SPARSITY, Registry
@@ -122,13 +122,11 @@ def stage_model(
 def check_stages(cfg: dict[str, Any]) -> None:
     """Each stage's optimizer and scheduler, with its overrides, must fit their schemas; a
     depth must exist in an fc model; a shallower stage has no code to sparsify."""
-    from aeexp.config import _check_registry_node  # the same check the groups get
-
     stages = cfg["trainer"].get("stages") or []
     for i, spec in enumerate(stages):
         key = f"trainer.stages[{i}]"
         for group, registry in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS)):
-            _check_override(f"{key}.{group}", cfg[group], spec.get(group), registry, _check_registry_node)
+            _check_override(f"{key}.{group}", cfg[group], spec.get(group), registry)
         depth = spec.get("depth")
         if depth is None:
             continue
@@ -146,11 +144,12 @@ def check_stages(cfg: dict[str, Any]) -> None:
                 "another code than the one sparsity applies to; allowed: sparsity=none, or depth=null"))
 
 
-def _check_override(key: str, base: dict, override: Optional[dict], registry: Registry, check) -> None:
+def _check_override(key: str, base: dict, override: Optional[dict], registry: Registry) -> None:
+    """The group's node with the stage's overrides gets the same check as the group itself."""
     if not override:
         return
     if "_target_" in base and "name" not in override:
         return  # a user's own class: its constructor checks the values when it is built
     node = OmegaConf.create(stage_group(base, override))
-    check(key, node, registry)
+    _check_registry_node(key, node, registry)
 
