@@ -10,7 +10,7 @@ command line costs a second instead of a crashed run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -68,6 +68,42 @@ class DeviceConfig:
         require_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
 
 
+STAGE_TRAIN_WORDS = ("all", "new")
+
+
+@dataclass
+class StageConfig:
+    """One training stage (``trainer.stages[i]``): what the model looks like and what trains.
+
+    ``epochs``: this stage's epochs (null: ``trainer.epochs``); the plateau scheduler may end
+    the stage earlier. ``tied``: share each decoder Linear's weight with its mirror encoder
+    Linear (null: as ``model.tied``). ``depth``: how many encoder Linear layers, from the
+    input side, are in use, with their mirror decoder layers (null: all of them): the greedy
+    layer-wise recipe grows it stage by stage. ``train``: what trains, the rest is frozen:
+    ``all``, ``new`` (the layers this stage adds) and/or layer paths such as ``encoder.2``.
+    ``optimizer`` / ``scheduler``: overrides of those groups for this stage (e.g.
+    ``{lr: 1.0e-4}``); every stage starts a fresh optimizer and scheduler either way.
+    """
+
+    name: Optional[str] = None
+    epochs: Optional[int] = None
+    tied: Optional[bool] = None
+    depth: Optional[int] = None
+    train: list[str] = field(default_factory=lambda: ["all"])
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(self.epochs is None or self.epochs >= 1, "epochs", self.epochs,
+                "null (trainer.epochs) or an integer >= 1")
+        require(self.depth is None or self.depth >= 1, "depth", self.depth,
+                "null (the whole model) or an integer >= 1 (encoder Linear layers in use)")
+        train = list(self.train)
+        require(len(train) >= 1, "train", train, f"a non-empty list of {', '.join(STAGE_TRAIN_WORDS)} or layer paths")
+        require("all" not in train or len(train) == 1, "train", train,
+                "[all] alone (everything trains), or a list of new and/or layer paths")
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 50
@@ -81,6 +117,7 @@ class TrainerConfig:
     num_threads: Optional[int] = None
     progress: bool = True
     divergence_factor: Optional[float] = 1000.0
+    stages: list[StageConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")

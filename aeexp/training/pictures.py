@@ -35,3 +35,32 @@ def dictionary_grid(model: torch.nn.Module, code_shape: tuple[int, ...]) -> torc
     atoms = torch.cat([model.decode(chunk) for chunk in one_hot.split(256)]).float().cpu()
     return make_grid(atoms, nrow=math.ceil(math.sqrt(features)), padding=1, normalize=True,
                      scale_each=True, pad_value=1.0)
+
+
+def latent_scatter(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Two-dimensional codes as a scatter plot coloured by class, like the first seed's
+    784-128-64-32-2 figure and the second seed's 2-D latent plot; an RGB image tensor."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # renders without a display
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    points = codes.detach().float().reshape(len(codes), -1).cpu().numpy()
+    classes = labels.detach().cpu().numpy()
+    num_classes = int(classes.max()) + 1 if len(classes) else 1
+    figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
+    try:
+        scatter = axes.scatter(points[:, 0], points[:, 1], c=classes, s=2, alpha=0.6,
+                               cmap="tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "viridis",
+                               vmin=-0.5, vmax=num_classes - 0.5)
+        figure.colorbar(scatter, ax=axes, ticks=range(num_classes) if num_classes <= 20 else None, label="class")
+        axes.set_xlabel("z[0]")
+        axes.set_ylabel("z[1]")
+        axes.set_title(f"validation codes ({len(points)} samples)")
+        figure.tight_layout()
+        figure.canvas.draw()
+        rgba = torch.from_numpy(np.asarray(figure.canvas.buffer_rgba()).copy())
+    finally:
+        plt.close(figure)
+    return rgba[..., :3].permute(2, 0, 1).float() / 255.0

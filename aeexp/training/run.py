@@ -17,27 +17,12 @@ from omegaconf import DictConfig
 
 from aeexp.config import ConfigError, validate
 from aeexp.data.images import ImageSplits
-from aeexp.registry import DATASETS, MODELS, SPARSITY
+from aeexp.registry import DATASETS
 from aeexp.training.device import resolve_device
+from aeexp.training.stages import build_model, plan_stages, stage_model  # noqa: F401  (build_model: imported from here)
 from aeexp.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-
-def build_model(cfg: DictConfig, input_shape: tuple[int, ...]) -> torch.nn.Module:
-    """The model a config describes, sized for images of ``input_shape`` (C, H, W)."""
-    bottleneck = SPARSITY.build(cfg.sparsity)
-    model = MODELS.build(cfg.model, input_shape=tuple(input_shape), bottleneck=bottleneck)
-    bind = getattr(bottleneck, "bind", None)
-    if bind is not None:
-        # One sample through the encoder tells the code's width, which top-k must not exceed.
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            code = model.encoder(torch.zeros(1, *input_shape))
-        model.train(was_training)
-        bind(code[0].numel(), cfg.trainer.batch_size)
-    return model
 
 
 def load_data(cfg: DictConfig) -> ImageSplits:
@@ -57,7 +42,9 @@ def finished_metrics(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    done = metrics.get("epoch", 0) >= cfg.trainer.epochs or bool(metrics.get("stop_reason"))
+    planned = sum(stage.epochs for stage in plan_stages(cfg))
+    last_stage_stopped = bool(metrics.get("stop_reason")) and metrics.get("stage") == metrics.get("stages")
+    done = metrics.get("epochs", 0) >= planned or last_stage_stopped
     return metrics if metrics.get("status") == "completed" and done else None
 
 
@@ -85,7 +72,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict[str, Any]:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed)
     data = load_data(cfg)
-    model = build_model(cfg, data.shape)
+    model, _ = stage_model(cfg, data.shape, plan_stages(cfg)[0])
     log.info("data %s: %d train / %d val images of shape %s; device %s", data.name or cfg.dataset.get("name"),
              len(data.train_images), len(data.val_images), data.shape, device)
     log.info("model: %d parameters\n%s", sum(p.numel() for p in model.parameters()), model)

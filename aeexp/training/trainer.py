@@ -2,8 +2,10 @@
 
 It owns the optimizer and scheduler, the per-epoch loop over device-resident batches,
 validation, checkpoints (``last.pt`` every epoch, ``best.pt`` on a new best validation
-MSE), ``metrics.json``, TensorBoard and resume. It knows nothing about a specific model:
-it calls ``model(x) -> (x_hat, z)`` and ``model.bottleneck.penalty(z)``.
+MSE), ``metrics.json``, TensorBoard, resume, and training stages (``trainer.stages``: tied
+then untied, greedy layer-wise). It knows nothing about a specific model: it calls
+``model(x) -> (x_hat, z)`` and ``model.bottleneck.penalty(z)``, and at a stage change asks
+:func:`aeexp.training.stages.stage_model` for the next model and what it trains.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from aeexp.data.images import ImageSplits, head, index_batches, num_batches, to_float
+from aeexp.models.layerwise import describe_layers
 from aeexp.registry import NOISE, OPTIMIZERS, SCHEDULERS
 from aeexp.training.device import autocast, grad_scaler
 from aeexp.training.files import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from aeexp.training.interrupts import InterruptWatch, TrainingInterrupted
 from aeexp.training.optim import should_stop, step_scheduler
-from aeexp.training.pictures import code_image, dictionary_grid, reconstruction_rows
+from aeexp.training.pictures import code_image, dictionary_grid, latent_scatter, reconstruction_rows
+from aeexp.training.stages import Stage, plan_stages, stage_model
 from aeexp.training.tensorboard import write_hparams
 
 log = logging.getLogger(__name__)
@@ -54,31 +58,75 @@ class Trainer:
         self.device = device
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.model = model.to(device)
         self.data = data.to(device)
         self.noise = NOISE.build(cfg.noise)
-        self.optimizer = OPTIMIZERS.build(cfg.optimizer, params=[p for p in model.parameters() if p.requires_grad])
-        self.scheduler = SCHEDULERS.build(cfg.scheduler, optimizer=self.optimizer, epochs=self.settings.epochs)
         self.precision = cfg.device.precision
         self.scaler = grad_scaler(device, self.precision)
-        # torch.compile wraps the same parameters, so checkpoints stay those of self.model.
-        forward_parts = self.model.forward_parts
-        self.forward_parts = torch.compile(forward_parts) if cfg.device.compile else forward_parts
         # Shuffling has its own generator so its stream does not depend on anything else.
         self.shuffle_generator = torch.Generator().manual_seed(int(cfg.seed))
-        self.epoch = 0  # epochs completed
+        self.epoch = 0  # epochs completed, over all stages
         self.global_step = 0
-        self.best_val_mse = math.inf
-        self.best_epoch = 0
-        self.reference_loss: float | None = None  # the first batch's loss, for divergence checks
         # Where an interrupted epoch stopped: its number, batches done, the shuffle generator's
         # state before the epoch's permutation, and the running loss sums; None between epochs.
         self.partial_epoch: dict[str, Any] | None = None
         self.interrupts = InterruptWatch()
         self.metrics: dict[str, Any] = {}
+        # ``model`` is the first stage's (``stage_model``); later stages are built on the way.
+        self.stages: list[Stage] = plan_stages(cfg)
+        self._start_stage(0, model)
         # Fixed validation samples for pictures: the same ones every epoch, so they compare.
         self.fixed_batch = to_float(head(self.data.val_images, self.settings.num_images))
         self.code_batch = to_float(head(self.data.val_images, 512))
+
+    # ---------------------------------------------------------------- stages
+    def _start_stage(self, index: int, model: nn.Module) -> None:
+        """Make ``model`` the one being trained in stage ``index``, with a fresh optimizer
+        and scheduler over its trainable parameters. The best validation MSE and the
+        divergence reference start afresh too: a stage's model (tied, shallower) does not
+        compare with another stage's, so ``best.pt`` always holds the current stage's best."""
+        stage = self.stages[index]
+        self.stage_index = index
+        self.stage_epoch = 0  # epochs completed in this stage
+        self.stage_stopped = False  # the scheduler ended this stage early
+        self.model = model.to(self.device)
+        self.optimizer = OPTIMIZERS.build(stage.optimizer, params=[p for p in model.parameters() if p.requires_grad])
+        self.scheduler = SCHEDULERS.build(stage.scheduler, optimizer=self.optimizer, epochs=stage.epochs)
+        # torch.compile wraps the same parameters, so checkpoints stay those of self.model.
+        forward_parts = self.model.forward_parts
+        self.forward_parts = torch.compile(forward_parts) if self.cfg.device.compile else forward_parts
+        self.best_val_mse = math.inf
+        self.best_epoch = 0
+        self.reference_loss: float | None = None  # the stage's first batch loss, for divergence checks
+
+    @property
+    def stage(self) -> Stage:
+        return self.stages[self.stage_index]
+
+    def _stage_done(self) -> bool:
+        return self.stage_stopped or self.stage_epoch >= self.stage.epochs
+
+    def _next_stage(self) -> None:
+        """Build the next stage's model from the current one (weights carried over by name
+        and shape) and train it from here."""
+        stage = self.stages[self.stage_index + 1]
+        model, trainable = stage_model(self.cfg, self.data.shape, stage, previous=self.model)
+        self._start_stage(stage.index, model)
+        log.info("stage %d/%d (%s): %d epochs at most, %d of %d parameters train\n%s", stage.index + 1,
+                 len(self.stages), stage.name, stage.epochs, sum(p.numel() for p in trainable),
+                 sum(p.numel() for p in model.parameters()), describe_layers(model))
+
+    def _rebuild_stage(self, index: int) -> None:
+        """The structure of stage ``index``, before loading a checkpoint written in it: the
+        previous stage's structure first, so ``train: [new]`` finds the same new layers."""
+        if not 0 <= index < len(self.stages):
+            raise CheckpointError(
+                f"the checkpoint was written in stage {index + 1}, but this config has {len(self.stages)} "
+                "stage(s); resume with the run's own trainer.stages, or use a new hydra.run.dir")
+        previous = None
+        if index > 0:
+            previous, _ = stage_model(self.cfg, self.data.shape, self.stages[index - 1])
+        model, _ = stage_model(self.cfg, self.data.shape, self.stages[index], previous=previous)
+        self._start_stage(index, model)
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -88,6 +136,10 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "stage_index": self.stage_index,
+            "stage_name": self.stage.name,
+            "stage_epoch": self.stage_epoch,
+            "stage_stopped": self.stage_stopped,
             "global_step": self.global_step,
             "best_val_mse": self.best_val_mse,
             "best_epoch": self.best_epoch,
@@ -104,6 +156,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        stage_index = state.get("stage_index", 0)
+        if stage_index != self.stage_index:
+            self._rebuild_stage(stage_index)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
@@ -111,6 +166,8 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
+        self.stage_epoch = state.get("stage_epoch", state["epoch"])
+        self.stage_stopped = state.get("stage_stopped", bool(state.get("metrics", {}).get("stop_reason")))
         self.global_step = state["global_step"]
         self.best_val_mse = state["best_val_mse"]
         self.best_epoch = state["best_epoch"]
@@ -153,12 +210,14 @@ class Trainer:
             except CheckpointError:
                 last.rename(last.with_name("last.pt.damaged"))
                 log.warning("moved the unreadable %s aside to last.pt.damaged", last)
-        log.info("resumed from %s after epoch %d (best val_mse %.6f)", path, self.epoch, self.best_val_mse)
+        log.info("resumed from %s after epoch %d, epoch %d of stage %d (%s) (best val_mse %.6f)", path, self.epoch,
+                 self.stage_epoch, self.stage_index + 1, self.stage.name, self.best_val_mse)
         return True
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
-        """Train until ``trainer.epochs`` or until the scheduler says stop; return the final metrics.
+        """Run every stage, each until its epochs are done or its scheduler says stop;
+        return the final metrics.
 
         SIGTERM / SIGINT stop the run at the next step with ``last.pt`` saved
         (TrainingInterrupted); a failure leaves the checkpoints as they were.
@@ -166,12 +225,15 @@ class Trainer:
         writer = SummaryWriter(log_dir=str(self.run_dir))
         try:
             with self.interrupts:
-                if self.epoch >= self.settings.epochs or self.metrics.get("stop_reason"):
-                    log.info("nothing to do: %d of %d epochs already done", self.epoch, self.settings.epochs)
-                for epoch in range(self.epoch + 1, self.settings.epochs + 1):
-                    if self.metrics.get("stop_reason"):
-                        break
-                    self._run_epoch(epoch, writer)
+                if self._stage_done() and self.stage_index == len(self.stages) - 1:
+                    log.info("nothing to do: %d epochs already done, the last stage is finished", self.epoch)
+                while True:
+                    if self._stage_done():
+                        if self.stage_index == len(self.stages) - 1:
+                            break
+                        self._next_stage()
+                        continue
+                    self._run_epoch(self.epoch + 1, writer)
             self.metrics["status"] = "completed"
             write_json(self.run_dir / "metrics.json", self.metrics)
             write_hparams(
@@ -199,13 +261,19 @@ class Trainer:
         step_scheduler(self.scheduler, val_mse)
         epoch_seconds = time.perf_counter() - start
         self.epoch = epoch
+        self.stage_epoch += 1
         improved = val_mse < self.best_val_mse
         if improved:
             self.best_val_mse, self.best_epoch = val_mse, epoch
         lr = self.optimizer.param_groups[0]["lr"]
         self.metrics = {
             "epoch": epoch,
-            "epochs": self.settings.epochs,
+            "epochs": sum(stage.epochs for stage in self.stages),
+            "stage": self.stage_index + 1,
+            "stages": len(self.stages),
+            "stage_name": self.stage.name,
+            "stage_epoch": self.stage_epoch,
+            "stage_epochs": self.stage.epochs,
             "global_step": self.global_step,
             "train_loss": train["loss"],
             "train_mse": train["mse"],
@@ -225,6 +293,7 @@ class Trainer:
             "status": "running",
         }
         if should_stop(self.scheduler):
+            self.stage_stopped = True
             self.metrics["stop_reason"] = f"learning rate {lr:.2e} fell below the scheduler's stop_lr"
         state = self.state_dict()
         if improved:
@@ -250,7 +319,7 @@ class Trainer:
             index_batches(images, batch_size, order, start=start),
             initial=start,
             total=num_batches(len(images), batch_size),
-            desc=f"epoch {epoch}/{self.settings.epochs}",
+            desc=f"epoch {epoch} (stage {self.stage_index + 1} {self.stage_epoch + 1}/{self.stage.epochs})",
             leave=False,
             dynamic_ncols=True,
             disable=None if self.settings.progress else True,
@@ -401,20 +470,22 @@ class Trainer:
         writer.add_scalar("latent/val_mean_activation", m["val_mean_activation"], epoch)
         writer.add_histogram("latent/firing_rate", firing_rate.float().cpu(), epoch)
         writer.add_scalar("lr", m["lr"], epoch)
+        writer.add_scalar("stage", m["stage"], epoch)
         writer.add_scalar("perf/samples_per_second", m["samples_per_second"], epoch)
         writer.add_scalar("perf/epoch_seconds", m["epoch_seconds"], epoch)
         image_every = self.settings.image_every
-        last = epoch == self.settings.epochs or "stop_reason" in m
+        last = self._stage_done()
         if image_every and (epoch % image_every == 0 or epoch == 1 or last):
             self._log_pictures(writer, epoch)
         writer.flush()
+        stage = f"  stage {m['stage']}/{m['stages']} {m['stage_name']}" if m["stages"] > 1 else ""
         log.info(
-            "epoch %d/%d  train_loss %.6f  train_mse %.6f  val_mse %.6f%s  lr %.2e  %.2fs  %.0f samples/s",
-            epoch, self.settings.epochs, m["train_loss"], m["train_mse"], m["val_mse"],
+            "epoch %d/%d%s  train_loss %.6f  train_mse %.6f  val_mse %.6f%s  lr %.2e  %.2fs  %.0f samples/s",
+            m["stage_epoch"], m["stage_epochs"], stage, m["train_loss"], m["train_mse"], m["val_mse"],
             " (best)" if improved else "", m["lr"], m["epoch_seconds"], m["samples_per_second"],
         )
         if "stop_reason" in m:
-            log.info("stopping: %s", m["stop_reason"])
+            log.info("stopping%s: %s", f" stage {m['stage']}" if m["stages"] > 1 else "", m["stop_reason"])
 
     @torch.no_grad()
     def _log_pictures(self, writer: SummaryWriter, epoch: int) -> None:
@@ -431,8 +502,17 @@ class Trainer:
         if self.noise.active:
             noisy = self.noise(self.fixed_batch, self.noise.val_generator(self.device))
             pictures["denoising"] = reconstruction_rows(noisy, self.model(noisy)[0], self.fixed_batch)
+        if codes[0].numel() == 2:
+            pictures["latent_scatter"] = latent_scatter(self.validation_codes(), self.data.val_labels)
         folder = self.run_dir / "images"
         folder.mkdir(exist_ok=True)
         for name, image in pictures.items():
             writer.add_image(name, image, epoch)
             save_image(image, folder / f"{name}.png")
+
+    @torch.no_grad()
+    def validation_codes(self) -> torch.Tensor:
+        """The codes of the whole validation set, in order (eval mode)."""
+        self.model.eval()
+        batches = index_batches(self.data.val_images, self.settings.val_batch_size)
+        return torch.cat([self.model.encode(clean).float().reshape(len(clean), -1) for clean in batches])
