@@ -32,7 +32,7 @@ def evaluate(cfg: DictConfig) -> int:
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise ConfigError("run_dir", "missing; usage: python evaluate.py run_dir=<run directory or multirun directory>")
     settings = check_settings(cfg.eval)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device.name)
     root = Path(str(cfg.run_dir))
 
     def one(run_dir: Path) -> dict:
