@@ -32,6 +32,7 @@ class EvalSettings:
     finetune_lr: float = 1e-4
     head_batch_size: int = 256
     weight_decay: float = 1e-4
+    step_threads: Optional[int] = 1
     num_images: int = 8
     code_samples: int = 512
     scatter_samples: int = 2000
@@ -43,6 +44,8 @@ class EvalSettings:
         for key in ("batch_size", "probe_max_iter", "knn_k", "head_hidden", "head_steps", "head_batch_size",
                     "num_images", "code_samples", "scatter_samples"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
+        require(self.step_threads is None or self.step_threads >= 1, "step_threads", self.step_threads,
+                "null (torch's default) or an integer >= 1")
         require(self.probe_train_size is None or self.probe_train_size >= 2, "probe_train_size",
                 self.probe_train_size, "null (every training sample) or an integer >= 2")
         for i, level in enumerate(self.noise_levels):
