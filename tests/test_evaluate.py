@@ -253,3 +253,15 @@ def test_evaluate_py_exits_nonzero_with_one_line(linear_run, tmp_path, how):
     ], output
     assert not (tmp_path / "run" / "eval").exists()
     assert not any(p.name == "outputs" for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("overrides", [("model=conv", "model.latent_dim=8"),
+                                       ("sparsity=topk", "sparsity.k=4", "noise=masking")], ids=["conv", "topk_masking"])
+def test_other_models_sparsity_and_noise_evaluate(tmp_path, overrides):
+    run_training(small_run("trainer.epochs=1", "trainer.image_every=0", *overrides), tmp_path / "run")
+    metrics = evaluate_run(tmp_path / "run", fast_settings(), "cpu")
+    assert len(metrics["figures"]) == 5
+    if "noise=masking" in overrides:
+        assert metrics["test_l0"] <= 4 and metrics["denoising"][0]["noise"] == "masking"
+    else:
+        assert metrics["code_size"] == 8
