@@ -1,0 +1,181 @@
+"""Evaluate one run directory: every figure, its baseline beside it, files and a summary.
+
+Order of work: load and check everything (nothing is written before the run directory,
+its checkpoint and its config have proved good), then the measures, then ``eval/``:
+``metrics.json``, the PNGs and a TensorBoard event file. Everything goes under
+``<run>/eval/``, so the run's own files are never touched; ``tensorboard --logdir
+outputs`` shows the evaluation as a run named ``<run>/eval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from aeexp.data.images import to_float
+from aeexp.evaluation.baselines import fit_pca, pca_mse, pca_reconstruct
+from aeexp.evaluation.denoising import denoising_metrics
+from aeexp.evaluation.figures import write_figures
+from aeexp.evaluation.loading import EvalData, load_data, load_run
+from aeexp.evaluation.probes import knn_accuracy, probe_accuracy
+from aeexp.evaluation.reconstruction import encode_all, reconstruction_metrics
+from aeexp.evaluation.semi_supervised import semi_supervised
+from aeexp.training.files import write_json
+from aeexp.training.run import build_model
+
+log = logging.getLogger(__name__)
+
+# Baselines that depend only on the data and the settings, shared by the runs of a sweep.
+_BASELINES: dict[tuple, Any] = {}
+
+
+def _cached(key: tuple, compute):
+    if key not in _BASELINES:
+        _BASELINES[key] = compute()
+    return _BASELINES[key]
+
+
+class Timer:
+    """Seconds per section, reported in metrics.json so slow parts are visible."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, compute):
+        start = time.perf_counter()
+        result = compute()
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        return result
+
+
+def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device | str = "cpu",
+                 dataset_root: str | None = None) -> dict[str, Any]:
+    """Evaluate ``run_dir``'s ``best.pt`` on the test split; write ``<run>/eval/``; return the metrics."""
+    start = time.perf_counter()
+    device = torch.device(device)
+    s = settings
+    run = load_run(run_dir, device, dataset_root)
+    model, cfg = run.model, run.cfg
+    data: EvalData = load_data(cfg)
+    data_key = OmegaConf.to_yaml(cfg.dataset)
+    timer = Timer()
+    log.info("evaluating %s (best.pt from epoch %d) on the %s", run.run_dir, run.epoch, data.test_note)
+
+    metrics: dict[str, Any] = {"run_dir": str(run.run_dir), "checkpoint_epoch": run.epoch, "test_split": data.test_note,
+                               "test_images": len(data.test_images), "train_images": len(data.train_images)}
+    recon, test_codes = timer("reconstruction", lambda: reconstruction_metrics(
+        model, data.test_images, s.batch_size, device, s.progress))
+    metrics.update(recon)
+    code_size = recon["code_size"]
+
+    def pca_baseline():
+        fitted = fit_pca(data.train_images, code_size, s.seed)
+        return fitted, pca_mse(fitted, data.test_images)
+
+    pca, metrics["pca_mse"] = timer("pca", lambda: _cached(("pca", data_key, code_size, s.seed), pca_baseline))
+    metrics["pca_components"] = int(pca.n_components_)
+    metrics["pca_sse_per_image"] = metrics["pca_mse"] * data.test_images[0].numel()
+    metrics["mse_vs_pca"] = metrics["test_mse"] / metrics["pca_mse"] if metrics["pca_mse"] > 0 else math.inf
+
+    metrics["denoising"] = timer("denoising", lambda: denoising_metrics(
+        model, data.test_images, cfg.noise, list(s.noise_levels), s.batch_size, device, s.seed, s.progress))
+
+    train_codes = timer("encode_train", lambda: encode_all(
+        model, data.train_images, s.batch_size, device, "encoding the training split", s.progress))
+    probe = dict(l2=s.probe_l2, max_iter=s.probe_max_iter, train_size=s.probe_train_size, seed=s.seed,
+                 progress=s.progress)
+    metrics["probe_accuracy"] = timer("probe", lambda: probe_accuracy(
+        train_codes, data.train_labels, test_codes, data.test_labels, desc="linear probe on codes", **probe))
+    metrics["pixel_probe_accuracy"] = timer("pixel_probe", lambda: _cached(
+        ("pixel_probe", data_key, tuple(sorted(probe.items()))),
+        lambda: probe_accuracy(_pixels(data.train_images), data.train_labels, _pixels(data.test_images),
+                               data.test_labels, desc="linear probe on pixels", **probe)))
+    metrics["probe_train_size"] = min(s.probe_train_size or len(train_codes), len(train_codes))
+    metrics["knn_accuracy"] = timer("knn", lambda: knn_accuracy(
+        train_codes, data.train_labels, test_codes, data.test_labels, s.knn_k, progress=s.progress))
+    metrics["knn_k"] = int(s.knn_k)
+
+    metrics["semi_supervised"] = timer("semi_supervised", lambda: semi_supervised(
+        model, lambda: build_model(cfg, data.shape), data, s, device))
+    for row in metrics["semi_supervised"]:
+        for kind in ("frozen", "fine_tuned", "scratch"):
+            metrics[f"ssl{row['labels_per_class']}_{kind}"] = row[kind]
+
+    out_dir = run.run_dir / "eval"
+    out_dir.mkdir(exist_ok=True)
+    for old in out_dir.glob("events.out.tfevents.*"):
+        old.unlink()  # one evaluation's events at a time, so TensorBoard shows the latest
+    writer = SummaryWriter(log_dir=str(out_dir))
+    try:
+        if s.figures:
+            pca_images = pca_reconstruct(pca, data.test_images[: s.num_images]).clamp(0, 1).to(device)
+            metrics["figures"] = timer("figures", lambda: write_figures(
+                model, data, test_codes, pca_images, cfg.noise, s, device, out_dir, writer, run.epoch))
+        _log_scalars(writer, metrics, run.epoch)
+    finally:
+        writer.close()
+    metrics["seconds"] = {**timer.seconds, "total": round(time.perf_counter() - start, 3)}
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    return to_float(images).reshape(len(images), -1)
+
+
+def _log_scalars(writer: SummaryWriter, metrics: dict[str, Any], step: int) -> None:
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            writer.add_scalar(f"eval/{key}", value, step)
+    for row in metrics["denoising"]:
+        writer.add_scalar(f"eval/denoise_mse/{row['noise']}_{row['level']:g}", row["mse"], step)
+        writer.add_scalar(f"eval/noisy_input_mse/{row['noise']}_{row['level']:g}", row["noisy_mse"], step)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if 0.01 <= abs(value) < 1000 else f"{value:.3g}" if value else "0"
+    return str(value)
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    """A plain-text summary: each figure with its baseline beside it."""
+    m = metrics
+    lines = [
+        f"run {m['run_dir']}  (best.pt, epoch {m['checkpoint_epoch']}; test: {m['test_split']}, "
+        f"{m['test_images']} images)",
+        "",
+        f"{'reconstruction':<22}{'model':>10}{'PCA':>10}{'ratio':>8}",
+        f"{'  MSE per pixel':<22}{_fmt(m['test_mse']):>10}{_fmt(m['pca_mse']):>10}{m['mse_vs_pca']:>8.3f}",
+        f"{'  SSE per image':<22}{m['test_sse_per_image']:>10.3f}{m['pca_sse_per_image']:>10.3f}",
+        f"{'  PSNR (dB)':<22}{m['test_psnr']:>10.2f}",
+        f"{'  FVU':<22}{m['test_fvu']:>10.4f}   (mean image: MSE {_fmt(m['mean_image_mse'])})",
+        f"{'code':<22}{m['code_size']:>10} features, L0 {m['test_l0']:.1f}, dead {m['dead_fraction']:.1%}",
+        "",
+        f"{'denoising':<22}{'denoised':>10}{'noisy in':>10}{'PSNR':>15}",
+    ]
+    for row in m["denoising"]:
+        lines.append(f"{'  ' + row['noise'] + ' ' + format(row['level'], 'g'):<22}{_fmt(row['mse']):>10}"
+                     f"{_fmt(row['noisy_mse']):>10}{row['noisy_psnr']:>7.2f} -> {row['psnr']:.2f}")
+    lines += [
+        "",
+        f"{'features (accuracy)':<22}{'codes':>10}{'pixels':>10}",
+        f"{'  linear probe':<22}{m['probe_accuracy']:>10.4f}{m['pixel_probe_accuracy']:>10.4f}"
+        f"   ({m['probe_train_size']} training labels)",
+        f"{'  kNN, k=' + str(m['knn_k']):<22}{m['knn_accuracy']:>10.4f}",
+        "",
+        f"{'semi-supervised':<22}{'frozen':>10}{'fine-tuned':>12}{'scratch':>10}",
+    ]
+    for row in m["semi_supervised"]:
+        lines.append(f"{'  ' + str(row['labels_per_class']) + ' labels/class':<22}{row['frozen']:>10.4f}"
+                     f"{row['fine_tuned']:>12.4f}{row['scratch']:>10.4f}")
+    if "seconds" in m:
+        lines += ["", f"evaluated in {m['seconds']['total']:.1f} s; files in {Path(m['run_dir']) / 'eval'}"]
+    return "\n".join(lines)

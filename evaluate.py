@@ -1,0 +1,64 @@
+"""Evaluate trained runs: ``python evaluate.py run_dir=<run dir or multirun dir>``.
+
+A thin Hydra entry point (config ``conf/eval.yaml``): a run directory gets
+``<run>/eval/metrics.json``, figures and a summary table; a multirun directory gets every
+run evaluated and ``comparison.csv`` / ``comparison.md`` beside its runs. See README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import aeexp  # noqa: F401  (registers every built-in component)
+from aeexp.cli import USER_ERRORS
+from aeexp.config import ConfigError
+from aeexp.evaluation import (
+    RunDirError, check_settings, compare_runs, evaluate_run, find_runs, is_run_dir, markdown_table,
+    summary_table, write_comparison,
+)
+from aeexp.training.device import resolve_device
+
+log = logging.getLogger("evaluate")
+ERRORS = USER_ERRORS + (RunDirError,)
+
+
+def evaluate(cfg: DictConfig) -> int:
+    """Evaluate ``cfg.run_dir``; return the exit status."""
+    if OmegaConf.is_missing(cfg, "run_dir"):
+        raise ConfigError("run_dir", "missing; usage: python evaluate.py run_dir=<run directory or multirun directory>")
+    settings = check_settings(cfg.eval)
+    device = resolve_device(cfg.device.name)
+    root = Path(str(cfg.run_dir))
+
+    def one(run_dir: Path) -> dict:
+        return evaluate_run(run_dir, settings, device, cfg.dataset_root)
+
+    if root.is_dir() and not is_run_dir(root) and find_runs(root):
+        columns, rows = compare_runs(root, one, ERRORS)
+        csv_path, md_path = write_comparison(root, columns, rows)
+        print(markdown_table(columns, rows))
+        failed = [r["run"] for r in rows if "error" in r]
+        log.info("%d runs compared: %s, %s%s", len(rows), csv_path, md_path,
+                 f"; {len(failed)} could not be evaluated: {', '.join(failed)}" if failed else "")
+        return 1 if failed else 0
+    print(summary_table(one(root)))
+    return 0
+
+
+@hydra.main(config_path="conf", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        status = evaluate(cfg)
+    except ERRORS as err:
+        log.error("%s", err)  # one line, no traceback
+        sys.exit(2)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
