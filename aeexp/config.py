@@ -177,7 +177,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     out["seed"] = seed
     for group, registry in REGISTRY_GROUPS.items():
         node = _group_node(cfg, group)
-        out[group] = _check_registry_node(group, node, registry)
+        out[group] = check_registry_node(group, node, registry)
     for group, schema in FIXED_GROUPS.items():
         node = cfg.get(group, {})
         out[group] = check_node(group, node, schema)
@@ -193,7 +193,8 @@ def _group_node(cfg: DictConfig, group: str) -> DictConfig:
     return node
 
 
-def _check_registry_node(group: str, node: DictConfig, registry: Registry) -> Any:
+def check_registry_node(group: str, node: DictConfig, registry: Registry) -> Any:
+    """Check a node that names a registered builder against that builder's schema."""
     if "_target_" in node:
         # A user's own class: its constructor is the schema, checked when it is built.
         return OmegaConf.to_container(node, resolve=True)

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp.config import ConfigError, _check_registry_node, cross_check
+from aeexp.config import ConfigError, check_registry_node, cross_check
 from aeexp.models.layerwise import carry_over, keep_depth, set_trainable
 from aeexp.models.tied import is_tied, tie, untie, untied_state_dict
 from aeexp.registry import MODELS, OPTIMIZERS, SCHEDULERS, SPARSITY, Registry
@@ -151,5 +151,5 @@ def _check_override(key: str, base: dict, override: Optional[dict], registry: Re
     if "_target_" in base and "name" not in override:
         return  # a user's own class: its constructor checks the values when it is built
     node = OmegaConf.create(stage_group(base, override))
-    _check_registry_node(key, node, registry)
+    check_registry_node(key, node, registry)
 
