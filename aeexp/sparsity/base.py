@@ -40,8 +40,3 @@ class Sparsity(nn.Module):
 def as_matrix(z: torch.Tensor) -> torch.Tensor:
     """(batch, ...) -> (batch, features), a view where possible."""
     return z.reshape(z.shape[0], -1)
-
-
-def keep_mask(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``values`` where ``mask``, zero elsewhere; gradients flow only through kept entries."""
-    return values * mask.to(values.dtype)
