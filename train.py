@@ -41,9 +41,9 @@ def main(cfg: DictConfig) -> float:
             record_failure(Path(hydra_cfg.runtime.output_dir), err)
             return float("nan")  # the other jobs go on; aeexp.sweeps.FailureReport lists this one
         sys.exit(2)
-    log.info("run directory: %s (status %s, best val_mse %.6f)", hydra_cfg.runtime.output_dir,
-             metrics.get("status"), metrics.get("best_val_mse", float("nan")))
-    return metrics["best_val_mse"]
+    log.info("run directory: %s (status %s, best %s %.6f)", hydra_cfg.runtime.output_dir,
+             metrics.get("status"), metrics.get("monitor", "val_mse"), metrics.get("best_score", float("nan")))
+    return metrics["best_score"]  # what a sweeper minimises: trainer.monitor's best value
 
 
 if __name__ == "__main__":

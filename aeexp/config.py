@@ -104,6 +104,11 @@ class StageConfig:
                 "[all] alone (everything trains), or a list of new and/or layer paths")
 
 
+MONITORS = ("auto", "val_mse", "val_denoise_mse")
+"""What ``best.pt`` and the plateau scheduler follow; ``auto`` is ``val_denoise_mse`` when
+noise is on and validated (a denoiser is judged on what it is trained for), else ``val_mse``."""
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 50
@@ -117,6 +122,7 @@ class TrainerConfig:
     num_threads: Optional[int] = None
     progress: bool = True
     divergence_factor: Optional[float] = 1000.0
+    monitor: str = "auto"
     stages: list[StageConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -128,6 +134,7 @@ class TrainerConfig:
             "grad_clip", self.grad_clip, "null (no clipping) or a max gradient norm > 0",
         )
         require_choice("resume_from", self.resume_from, ("last", "best"))
+        require_choice("monitor", self.monitor, MONITORS)
         require(self.image_every >= 0, "image_every", self.image_every, "an integer >= 0 (0: never)")
         require(1 <= self.num_images <= 64, "num_images", self.num_images, "an integer in [1, 64]")
         require(

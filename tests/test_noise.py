@@ -121,3 +121,40 @@ def test_validation_noise_gives_the_same_figure_for_the_same_weights(tmp_path):
     data = load_data(cfg)
     trainer = Trainer(cfg, build_model(cfg, data.shape), data, tmp_path, torch.device("cpu"))
     assert trainer.validate_denoising() == trainer.validate_denoising()
+
+
+def test_a_denoiser_keeps_its_best_denoising_epoch(denoising_run):
+    """With validated noise, best.pt and the scheduler follow val_denoise_mse (trainer.monitor=auto)."""
+    metrics = json.loads((denoising_run / "metrics.json").read_text())
+    assert metrics["monitor"] == "val_denoise_mse"
+    events = EventAccumulator(str(denoising_run), size_guidance={"scalars": 0})
+    events.Reload()
+    history = {e.step: e.value for e in events.Scalars("val/denoise_mse")}
+    best_epoch = min(history, key=history.get)
+    assert metrics["best_epoch"] == best_epoch
+    assert metrics["best_score"] == pytest.approx(history[best_epoch], rel=1e-6)
+    best = torch.load(denoising_run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == best_epoch
+    assert best["metrics"]["val_denoise_mse"] == metrics["best_score"]
+    assert best["metrics"]["val_mse"] == metrics["best_val_mse"]
+
+
+def test_monitor_val_mse_can_still_be_chosen_for_a_denoiser(tmp_path):
+    metrics = run_training(small_run("noise=gaussian", "trainer.epochs=2", "trainer.monitor=val_mse"), tmp_path)
+    assert metrics["monitor"] == "val_mse"
+    assert metrics["best_score"] == metrics["best_val_mse"]
+
+
+@pytest.mark.parametrize("overrides", [["noise=none"], ["noise=gaussian", "noise.on_val=false"]])
+def test_monitoring_denoising_without_validation_noise_is_refused(overrides):
+    with pytest.raises(ConfigError) as err:
+        validate(small_run(*overrides, "trainer.monitor=val_denoise_mse"))
+    assert err.value.key == "trainer.monitor"
+    assert "auto" in str(err.value)
+
+
+def test_unknown_monitor_lists_the_choices():
+    with pytest.raises(ConfigError) as err:
+        validate(small_run("trainer.monitor=loss"))
+    assert err.value.key == "trainer.monitor"
+    assert "val_denoise_mse" in str(err.value)

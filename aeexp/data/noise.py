@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aeexp.config import require
+from aeexp.config import ConfigError, cross_check, require
 from aeexp.registry import NOISE
 
 
@@ -136,3 +136,17 @@ class SaltPepperNoise(Noise):
         values = torch.ones(indices.shape, dtype=x.dtype, device=x.device)
         values[:, : indices.shape[1] // 2] = 0.0
         return x.reshape(len(x), -1).scatter(1, indices, values).view_as(x)
+
+
+@cross_check
+def monitor_needs_validated_noise(cfg: dict) -> None:
+    """``trainer.monitor=val_denoise_mse`` only exists when validation sees noise."""
+    noise = cfg["noise"]
+    if cfg["trainer"]["monitor"] != "val_denoise_mse" or "_target_" in noise:
+        return
+    if noise.get("name") == "none" or not noise.get("on_val", True):
+        raise ConfigError(
+            "trainer.monitor",
+            f"got 'val_denoise_mse', but validation sees no noise (noise={noise.get('name')}, "
+            f"noise.on_val={noise.get('on_val')}); allowed: auto or val_mse, or turn noise and noise.on_val on",
+        )

@@ -60,6 +60,7 @@ class Trainer:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.data = data.to(device)
         self.noise = NOISE.build(cfg.noise)
+        self.monitor = self._resolve_monitor(self.settings.get("monitor", "auto"))
         self.precision = cfg.device.precision
         self.scaler = grad_scaler(device, self.precision)
         # Shuffling has its own generator so its stream does not depend on anything else.
@@ -94,9 +95,17 @@ class Trainer:
         # torch.compile wraps the same parameters, so checkpoints stay those of self.model.
         forward_parts = self.model.forward_parts
         self.forward_parts = torch.compile(forward_parts) if self.cfg.device.compile else forward_parts
-        self.best_val_mse = math.inf
+        self.best_score = math.inf  # best value of self.monitor this stage
+        self.best_val_mse = math.inf  # val_mse of that best epoch
         self.best_epoch = 0
         self.reference_loss: float | None = None  # the stage's first batch loss, for divergence checks
+
+    def _resolve_monitor(self, monitor: str) -> str:
+        """``auto``: a denoiser's best epoch is its best at denoising, not at copying clean
+        inputs (which it was not trained for); anything else follows ``val_mse``."""
+        if monitor != "auto":
+            return monitor
+        return "val_denoise_mse" if self.noise.active and self.noise.on_val else "val_mse"
 
     @property
     def stage(self) -> Stage:
@@ -141,6 +150,7 @@ class Trainer:
             "stage_epoch": self.stage_epoch,
             "stage_stopped": self.stage_stopped,
             "global_step": self.global_step,
+            "best_score": self.best_score,
             "best_val_mse": self.best_val_mse,
             "best_epoch": self.best_epoch,
             "reference_loss": self.reference_loss,
@@ -170,6 +180,7 @@ class Trainer:
         self.stage_stopped = state.get("stage_stopped", bool(state.get("metrics", {}).get("stop_reason")))
         self.global_step = state["global_step"]
         self.best_val_mse = state["best_val_mse"]
+        self.best_score = state.get("best_score", self.best_val_mse)  # checkpoints before trainer.monitor
         self.best_epoch = state["best_epoch"]
         self.reference_loss = state.get("reference_loss")
         self.partial_epoch = state.get("partial_epoch")
@@ -210,8 +221,8 @@ class Trainer:
             except CheckpointError:
                 last.rename(last.with_name("last.pt.damaged"))
                 log.warning("moved the unreadable %s aside to last.pt.damaged", last)
-        log.info("resumed from %s after epoch %d, epoch %d of stage %d (%s) (best val_mse %.6f)", path, self.epoch,
-                 self.stage_epoch, self.stage_index + 1, self.stage.name, self.best_val_mse)
+        log.info("resumed from %s after epoch %d, epoch %d of stage %d (%s) (best %s %.6f)", path, self.epoch,
+                 self.stage_epoch, self.stage_index + 1, self.stage.name, self.monitor, self.best_score)
         return True
 
     # ------------------------------------------------------------------ loop
@@ -239,7 +250,7 @@ class Trainer:
             write_hparams(
                 writer,
                 OmegaConf.to_container(self.cfg, resolve=True),
-                {k: self.metrics[k] for k in ("val_mse", "best_val_mse", "train_mse") if k in self.metrics},
+                {k: self.metrics[k] for k in ("val_mse", "best_val_mse", "best_score", "train_mse") if k in self.metrics},
             )
         except TrainingInterrupted:
             raise  # metrics.json already says interrupted; last.pt holds the point to resume from
@@ -257,14 +268,14 @@ class Trainer:
         train = self.train_epoch(epoch)
         train_seconds = time.perf_counter() - start
         val = self.validate()
-        val_mse = val["val_mse"]
-        step_scheduler(self.scheduler, val_mse)
+        val_mse, score = val["val_mse"], val[self.monitor]
+        step_scheduler(self.scheduler, score)
         epoch_seconds = time.perf_counter() - start
         self.epoch = epoch
         self.stage_epoch += 1
-        improved = val_mse < self.best_val_mse
+        improved = score < self.best_score
         if improved:
-            self.best_val_mse, self.best_epoch = val_mse, epoch
+            self.best_score, self.best_val_mse, self.best_epoch = score, val_mse, epoch
         lr = self.optimizer.param_groups[0]["lr"]
         self.metrics = {
             "epoch": epoch,
@@ -284,6 +295,8 @@ class Trainer:
             "dead_fraction": val["dead_fraction"],
             "val_mean_activation": val["val_mean_activation"],
             **{k: val[k] for k in ("val_denoise_mse", "val_noisy_mse") if k in val},
+            "monitor": self.monitor,
+            "best_score": self.best_score,
             "best_val_mse": self.best_val_mse,
             "best_epoch": self.best_epoch,
             "lr": lr,
@@ -480,8 +493,9 @@ class Trainer:
         writer.flush()
         stage = f"  stage {m['stage']}/{m['stages']} {m['stage_name']}" if m["stages"] > 1 else ""
         log.info(
-            "epoch %d/%d%s  train_loss %.6f  train_mse %.6f  val_mse %.6f%s  lr %.2e  %.2fs  %.0f samples/s",
+            "epoch %d/%d%s  train_loss %.6f  train_mse %.6f  val_mse %.6f%s%s  lr %.2e  %.2fs  %.0f samples/s",
             m["stage_epoch"], m["stage_epochs"], stage, m["train_loss"], m["train_mse"], m["val_mse"],
+            f"  val_denoise_mse {m['val_denoise_mse']:.6f}" if "val_denoise_mse" in m else "",
             " (best)" if improved else "", m["lr"], m["epoch_seconds"], m["samples_per_second"],
         )
         if "stop_reason" in m:
