@@ -225,6 +225,13 @@ def check_claims(results: dict[str, dict]) -> list[tuple[str, str, str]]:
         claim(f"`{name}` reconstructs better than PCA with as many components", [r], lambda r=r: r < 1,
               lambda r=r, n=name: f"test MSE / PCA MSE = {r:.3f} (code size {_get(results, n, 'eval', 'code_size')})")
 
+    l0, size = _get(results, "fc_shallow", "eval", "test_l0"), _get(results, "fc_shallow", "eval", "code_size")
+    claim("without constraints, each sample has many non-zero features (`fc_shallow`)", [l0, size],
+          lambda: l0 >= 0.5 * size, lambda: f"L0 per test image {l0:.1f} of {size} features")
+    a, b = _get(results, "fc_shallow", "atom_spread"), _get(results, "topk5", "atom_spread")
+    claim("without constraints the dictionary is more localized than with hard sparsity (`fc_shallow` vs `topk5`)",
+          [a, b], lambda: a < b, lambda: f"atom spread {a:.3f} < {b:.3f}")
+
     # Lifetime sparsity acts only in training (evaluation sees every code entry), so its k
     # shows in the dictionary and reconstructions, not in a test L0: only top-k is checked here.
     a, b = _get(results, "topk5", "eval", "test_l0"), _get(results, "topk16", "eval", "test_l0")
@@ -233,6 +240,10 @@ def check_claims(results: dict[str, dict]) -> list[tuple[str, str, str]]:
     a, b = _get(results, "topk5", "atom_spread"), _get(results, "topk16", "atom_spread")
     claim("a smaller k gives more global dictionary atoms (`topk5` vs `topk16`)", [a, b], lambda: a > b,
           lambda: f"atom spread (fraction of pixels >= 25% of the atom's peak) {a:.3f} > {b:.3f}")
+
+    a, b = _get(results, "lifetime5", "atom_spread"), _get(results, "lifetime25", "atom_spread")
+    claim("a stronger lifetime constraint gives more global dictionary atoms (`lifetime5` vs `lifetime25`)", [a, b],
+          lambda: a > b, lambda: f"atom spread {a:.3f} > {b:.3f}")
 
     a, b = _get(results, "kl_1e-1", "train", "val_mean_activation"), _get(results, "kl_1e-2", "train", "val_mean_activation")
     claim("a larger KL weight pulls the mean activation towards rho = 0.05 (`kl_1e-1` vs `kl_1e-2`)", [a, b],
@@ -243,6 +254,20 @@ def check_claims(results: dict[str, dict]) -> list[tuple[str, str, str]]:
         claim(f"denoising beats the noisy input (`{name}`)", [row], lambda row=row: row["mse"] < row["noisy_mse"],
               lambda row=row: f"{row['noise']} {row['level']:g}: denoised MSE {row['mse']:.4f} < noisy input "
                               f"{row['noisy_mse']:.4f}")
+
+    a, b = _get(results, "deep_fc_layerwise", "eval", "knn_accuracy"), _get(results, "deep_fc_joint", "eval", "knn_accuracy")
+    c, d = _get(results, "deep_fc_layerwise", "eval", "test_mse"), _get(results, "deep_fc_joint", "eval", "test_mse")
+    claim("greedy layer-wise training gives a deep net more meaningful codes than training it all at once "
+          "(`deep_fc_layerwise` vs `deep_fc_joint`, 2-D codes)", [a, b, c, d], lambda: a > b,
+          lambda: f"kNN accuracy on the codes {a:.4f} vs {b:.4f}; test MSE {c:.4f} vs {d:.4f}")
+
+    for name in ("fc_shallow", "mlp32"):
+        rows = _get(results, name, "eval", "semi_supervised") or None
+        row = min(rows, key=lambda r: r["labels_per_class"]) if rows else None
+        claim(f"with few labels, a classifier on the autoencoder's encoder beats one trained from scratch (`{name}`)",
+              [row], lambda row=row: max(row["frozen"], row["fine_tuned"]) > row["scratch"],
+              lambda row=row: f"{row['labels_per_class']} labels/class: frozen {row['frozen']:.4f}, fine-tuned "
+                              f"{row['fine_tuned']:.4f}, scratch {row['scratch']:.4f}")
 
     a, b = _get(results, "mlp32", "eval", "test_mse"), _get(results, "mlp2", "eval", "test_mse")
     claim("a 32-d code reconstructs better than a 2-d one (`mlp32` vs `mlp2`)", [a, b], lambda: a < b,
