@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -168,10 +169,23 @@ def reproduce_one(name: str, args: argparse.Namespace, settings: DictConfig, fig
         result["atom_spread"] = atom_spread(load_run(run_dir, "cpu", args.dataset_root).model,
                                             result["eval"]["code_size"])
         result["pictures"] = copy_pictures(run_dir, figures_dir / name)
+        result["epoch_seconds"] = median_epoch_seconds(run_dir)
     except USER_ERRORS + (RunDirError,) as err:
         log.error("%s: %s", name, err)
         result["error"] = f"{type(err).__name__}: {err}"
     return result
+
+
+def median_epoch_seconds(run_dir: Path) -> float | None:
+    """The median of the run's per-epoch times (TensorBoard's ``perf/epoch_seconds``): one
+    slow epoch (another job on the machine, a checkpoint on a busy disk) does not move it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if "perf/epoch_seconds" not in events.Tags()["scalars"]:
+        return None
+    return statistics.median(e.value for e in events.Scalars("perf/epoch_seconds"))
 
 
 def finished(run_dir: Path) -> bool:
@@ -311,7 +325,7 @@ def experiment_table(result: dict[str, Any]) -> list[str]:
                      f"{row['mse']:.4f} / {row['noisy_mse']:.4f}"))
     rows += [
         ("epochs trained (stages)", f"{t.get('epoch')} ({t.get('stages', 1)})"),
-        ("seconds per epoch (last epoch)", _f(t.get("epoch_seconds"), ".2f")),
+        ("seconds per epoch (median over epochs)", _f(result.get("epoch_seconds"), ".2f")),
         ("final train loss", _f(t.get("train_loss"), ".5f")),
         ("dictionary atom spread", _f(result.get("atom_spread"), ".3f")),
     ]
@@ -367,7 +381,7 @@ def write_report(results: dict[str, dict], args: argparse.Namespace, seconds: fl
         e, t = r["eval"], r["train"]
         lines.append(f"| `{name}` | {e['test_mse']:.5f} | {e['test_sse_per_image']:.2f} | {e['test_psnr']:.2f} | "
                      f"{e['mse_vs_pca']:.3f} | {e['test_l0']:.1f} | {e['dead_fraction']:.3f} | "
-                     f"{e['probe_accuracy']:.4f} | {e['knn_accuracy']:.4f} | {_f(t.get('epoch_seconds'), '.2f')} |")
+                     f"{e['probe_accuracy']:.4f} | {e['knn_accuracy']:.4f} | {_f(r.get('epoch_seconds'), '.2f')} |")
 
     lines += ["", "## The seeds' claims, checked", "", "| claim | check | numbers |", "|---|---|---|"]
     for text, verdict, numbers in check_claims(results):
