@@ -244,20 +244,20 @@ def check_claims(results: dict[str, dict]) -> list[tuple[str, str, str]]:
           lambda: l0 >= 0.5 * size, lambda: f"L0 per test image {l0:.1f} of {size} features")
     a, b = _get(results, "fc_shallow", "atom_spread"), _get(results, "topk5", "atom_spread")
     claim("without constraints the dictionary is more localized than with hard sparsity (`fc_shallow` vs `topk5`)",
-          [a, b], lambda: a < b, lambda: f"atom spread {a:.3f} < {b:.3f}")
+          [a, b], lambda: a < b, lambda: f"atom spread {a:.3f} vs {b:.3f}")
 
     # Lifetime sparsity acts only in training (evaluation sees every code entry), so its k
     # shows in the dictionary and reconstructions, not in a test L0: only top-k is checked here.
     a, b = _get(results, "topk5", "eval", "test_l0"), _get(results, "topk16", "eval", "test_l0")
     claim("a smaller k gives fewer active features (`topk5` vs `topk16`)", [a, b], lambda: a < b,
-          lambda: f"L0 per test image {a:.2f} < {b:.2f}")
+          lambda: f"L0 per test image {a:.2f} vs {b:.2f}")
     a, b = _get(results, "topk5", "atom_spread"), _get(results, "topk16", "atom_spread")
     claim("a smaller k gives more global dictionary atoms (`topk5` vs `topk16`)", [a, b], lambda: a > b,
-          lambda: f"atom spread (fraction of pixels >= 25% of the atom's peak) {a:.3f} > {b:.3f}")
+          lambda: f"atom spread (fraction of pixels >= 25% of the atom's peak) {a:.3f} vs {b:.3f}")
 
     a, b = _get(results, "lifetime5", "atom_spread"), _get(results, "lifetime25", "atom_spread")
     claim("a stronger lifetime constraint gives more global dictionary atoms (`lifetime5` vs `lifetime25`)", [a, b],
-          lambda: a > b, lambda: f"atom spread {a:.3f} > {b:.3f}")
+          lambda: a > b, lambda: f"atom spread {a:.3f} vs {b:.3f}")
 
     a, b = _get(results, "kl_1e-1", "train", "val_mean_activation"), _get(results, "kl_1e-2", "train", "val_mean_activation")
     claim("a larger KL weight pulls the mean activation towards rho = 0.05 (`kl_1e-1` vs `kl_1e-2`)", [a, b],
@@ -266,14 +266,20 @@ def check_claims(results: dict[str, dict]) -> list[tuple[str, str, str]]:
     for name in ("denoise_gaussian", "denoise_masking", "denoise_mlp"):
         row = _denoise_row(results, name)
         claim(f"denoising beats the noisy input (`{name}`)", [row], lambda row=row: row["mse"] < row["noisy_mse"],
-              lambda row=row: f"{row['noise']} {row['level']:g}: denoised MSE {row['mse']:.4f} < noisy input "
-                              f"{row['noisy_mse']:.4f}")
+              lambda row=row: f"{row['noise']} {row['level']:g}: denoised MSE {row['mse']:.5f} vs noisy input "
+                              f"{row['noisy_mse']:.5f}")
+
+    for noisy, clean in (("denoise_gaussian", "fc_shallow"), ("denoise_mlp", "mlp32")):
+        a, b = _denoise_row(results, noisy), _denoise_row(results, clean)
+        claim(f"training on noisy inputs denoises better than the same net trained on clean ones "
+              f"(`{noisy}` vs `{clean}`)", [a, b], lambda a=a, b=b: a["mse"] < b["mse"],
+              lambda a=a, b=b: f"{a['noise']} {a['level']:g}: denoised MSE {a['mse']:.5f} vs {b['mse']:.5f}")
 
     a, b = _get(results, "deep_fc_layerwise", "eval", "knn_accuracy"), _get(results, "deep_fc_joint", "eval", "knn_accuracy")
     c, d = _get(results, "deep_fc_layerwise", "eval", "test_mse"), _get(results, "deep_fc_joint", "eval", "test_mse")
     claim("greedy layer-wise training gives a deep net more meaningful codes than training it all at once "
           "(`deep_fc_layerwise` vs `deep_fc_joint`, 2-D codes)", [a, b, c, d], lambda: a > b,
-          lambda: f"kNN accuracy on the codes {a:.4f} vs {b:.4f}; test MSE {c:.4f} vs {d:.4f}")
+          lambda: f"kNN accuracy on the codes {a:.4f} vs {b:.4f}; test MSE {c:.5f} vs {d:.5f}")
 
     for name in ("fc_shallow", "mlp32"):
         rows = _get(results, name, "eval", "semi_supervised") or None
@@ -285,13 +291,13 @@ def check_claims(results: dict[str, dict]) -> list[tuple[str, str, str]]:
 
     a, b = _get(results, "mlp32", "eval", "test_mse"), _get(results, "mlp2", "eval", "test_mse")
     claim("a 32-d code reconstructs better than a 2-d one (`mlp32` vs `mlp2`)", [a, b], lambda: a < b,
-          lambda: f"test MSE {a:.4f} < {b:.4f}")
+          lambda: f"test MSE {a:.5f} vs {b:.5f}")
     a, b = _get(results, "conv32", "eval", "test_mse"), _get(results, "mlp32", "eval", "test_mse")
     claim("the conv autoencoder beats the vanilla one at d=32 (`conv32` vs `mlp32`)", [a, b], lambda: a < b,
-          lambda: f"test MSE {a:.4f} < {b:.4f}")
+          lambda: f"test MSE {a:.5f} vs {b:.5f}")
     a, b = _get(results, "hinton30", "eval", "test_sse_per_image"), _get(results, "hinton30", "eval", "pca_sse_per_image")
     claim("the 784-1000-500-250-30 autoencoder beats PCA at 30 components (Hinton & Salakhutdinov)", [a, b],
-          lambda: a < b, lambda: f"squared error per image {a:.2f} < {b:.2f}")
+          lambda: a < b, lambda: f"squared error per image {a:.2f} vs {b:.2f}")
     return claims
 
 
