@@ -62,6 +62,9 @@ HINTON = {"autoencoder": 3.00, "pca": 13.87}
 # Pictures copied into the report, from <run>/eval/ (evaluate_run) and <run>/images/ (training).
 PICTURES = ("reconstructions.png", "dictionary.png", "codes.png", "latent_scatter.png", "denoising.png")
 
+# Two values closer than this (relative) make a comparison "narrow": within run-to-run noise.
+NARROW = 0.01
+
 QUICK_EVAL = {"probe_max_iter": 20, "labels_per_class": [5], "head_steps": 10, "noise_levels": [0.3],
               "code_samples": 128, "scatter_samples": 500}
 SYNTHETIC_QUICK = ("dataset.num_train=256", "dataset.num_val=64", "trainer.batch_size=64")
@@ -228,58 +231,70 @@ def check_claims(results: dict[str, dict]) -> list[tuple[str, str, str]]:
     """(claim, PASS / FAIL / n/a, the numbers) for each of the seeds' qualitative claims."""
     claims: list[tuple[str, str, str]] = []
 
-    def claim(text: str, needed: list[Any], test: Callable[[], bool], numbers: Callable[[], str]) -> None:
+    def claim(text: str, needed: list[Any], test: Callable[[], bool], numbers: Callable[[], str],
+              compared: Callable[[], tuple[float, float]] | None = None) -> None:
+        """``compared``: the two values a comparison rests on; within 1% of each other the
+        verdict says so, since one run per experiment cannot tell such a difference from noise."""
         if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in needed):
             claims.append((text, "n/a", "an experiment it needs did not run"))
-        else:
-            claims.append((text, "PASS" if test() else "FAIL", numbers()))
+            return
+        verdict = "PASS" if test() else "FAIL"
+        if compared is not None:
+            a, b = compared()
+            if abs(a - b) < NARROW * max(abs(a), abs(b)):
+                verdict += ", narrow"
+        claims.append((text, verdict, numbers()))
 
     for name in ("fc_shallow", "mlp32", "conv32", "hinton30"):
         r = _get(results, name, "eval", "mse_vs_pca")
         claim(f"`{name}` reconstructs better than PCA with as many components", [r], lambda r=r: r < 1,
-              lambda r=r, n=name: f"test MSE / PCA MSE = {r:.3f} (code size {_get(results, n, 'eval', 'code_size')})")
+              lambda r=r, n=name: f"test MSE / PCA MSE = {r:.3f} (code size {_get(results, n, 'eval', 'code_size')})",
+              compared=lambda r=r: (r, 1.0))
 
     l0, size = _get(results, "fc_shallow", "eval", "test_l0"), _get(results, "fc_shallow", "eval", "code_size")
     claim("without constraints, each sample has many non-zero features (`fc_shallow`)", [l0, size],
           lambda: l0 >= 0.5 * size, lambda: f"L0 per test image {l0:.1f} of {size} features")
     a, b = _get(results, "fc_shallow", "atom_spread"), _get(results, "topk5", "atom_spread")
     claim("without constraints the dictionary is more localized than with hard sparsity (`fc_shallow` vs `topk5`)",
-          [a, b], lambda: a < b, lambda: f"atom spread {a:.3f} vs {b:.3f}")
+          [a, b], lambda: a < b, lambda: f"atom spread {a:.3f} vs {b:.3f}", lambda: (a, b))
 
     # Lifetime sparsity acts only in training (evaluation sees every code entry), so its k
     # shows in the dictionary and reconstructions, not in a test L0: only top-k is checked here.
     a, b = _get(results, "topk5", "eval", "test_l0"), _get(results, "topk16", "eval", "test_l0")
     claim("a smaller k gives fewer active features (`topk5` vs `topk16`)", [a, b], lambda: a < b,
-          lambda: f"L0 per test image {a:.2f} vs {b:.2f}")
+          lambda: f"L0 per test image {a:.2f} vs {b:.2f}", lambda: (a, b))
     a, b = _get(results, "topk5", "atom_spread"), _get(results, "topk16", "atom_spread")
     claim("a smaller k gives more global dictionary atoms (`topk5` vs `topk16`)", [a, b], lambda: a > b,
-          lambda: f"atom spread (fraction of pixels >= 25% of the atom's peak) {a:.3f} vs {b:.3f}")
+          lambda: f"atom spread (fraction of pixels >= 25% of the atom's peak) {a:.3f} vs {b:.3f}", lambda: (a, b))
 
     a, b = _get(results, "lifetime5", "atom_spread"), _get(results, "lifetime25", "atom_spread")
     claim("a stronger lifetime constraint gives more global dictionary atoms (`lifetime5` vs `lifetime25`)", [a, b],
-          lambda: a > b, lambda: f"atom spread {a:.3f} vs {b:.3f}")
+          lambda: a > b, lambda: f"atom spread {a:.3f} vs {b:.3f}", lambda: (a, b))
 
     a, b = _get(results, "kl_1e-1", "train", "val_mean_activation"), _get(results, "kl_1e-2", "train", "val_mean_activation")
     claim("a larger KL weight pulls the mean activation towards rho = 0.05 (`kl_1e-1` vs `kl_1e-2`)", [a, b],
-          lambda: abs(a - 0.05) < abs(b - 0.05), lambda: f"mean code activation {a:.4f} vs {b:.4f}")
+          lambda: abs(a - 0.05) < abs(b - 0.05), lambda: f"mean code activation {a:.4f} vs {b:.4f}",
+          lambda: (abs(a - 0.05), abs(b - 0.05)))
 
     for name in ("denoise_gaussian", "denoise_masking", "denoise_mlp"):
         row = _denoise_row(results, name)
         claim(f"denoising beats the noisy input (`{name}`)", [row], lambda row=row: row["mse"] < row["noisy_mse"],
               lambda row=row: f"{row['noise']} {row['level']:g}: denoised MSE {row['mse']:.5f} vs noisy input "
-                              f"{row['noisy_mse']:.5f}")
+                              f"{row['noisy_mse']:.5f}",
+              lambda row=row: (row["mse"], row["noisy_mse"]))
 
     for noisy, clean in (("denoise_gaussian", "fc_shallow"), ("denoise_mlp", "mlp32")):
         a, b = _denoise_row(results, noisy), _denoise_row(results, clean)
         claim(f"training on noisy inputs denoises better than the same net trained on clean ones "
               f"(`{noisy}` vs `{clean}`)", [a, b], lambda a=a, b=b: a["mse"] < b["mse"],
-              lambda a=a, b=b: f"{a['noise']} {a['level']:g}: denoised MSE {a['mse']:.5f} vs {b['mse']:.5f}")
+              lambda a=a, b=b: f"{a['noise']} {a['level']:g}: denoised MSE {a['mse']:.5f} vs {b['mse']:.5f}",
+              lambda a=a, b=b: (a["mse"], b["mse"]))
 
     a, b = _get(results, "deep_fc_layerwise", "eval", "knn_accuracy"), _get(results, "deep_fc_joint", "eval", "knn_accuracy")
     c, d = _get(results, "deep_fc_layerwise", "eval", "test_mse"), _get(results, "deep_fc_joint", "eval", "test_mse")
     claim("greedy layer-wise training gives a deep net more meaningful codes than training it all at once "
           "(`deep_fc_layerwise` vs `deep_fc_joint`, 2-D codes)", [a, b, c, d], lambda: a > b,
-          lambda: f"kNN accuracy on the codes {a:.4f} vs {b:.4f}; test MSE {c:.5f} vs {d:.5f}")
+          lambda: f"kNN accuracy on the codes {a:.4f} vs {b:.4f}; test MSE {c:.5f} vs {d:.5f}", lambda: (a, b))
 
     for name in ("fc_shallow", "mlp32"):
         rows = _get(results, name, "eval", "semi_supervised") or None
@@ -287,17 +302,18 @@ def check_claims(results: dict[str, dict]) -> list[tuple[str, str, str]]:
         claim(f"with few labels, a classifier on the autoencoder's encoder beats one trained from scratch (`{name}`)",
               [row], lambda row=row: max(row["frozen"], row["fine_tuned"]) > row["scratch"],
               lambda row=row: f"{row['labels_per_class']} labels/class: frozen {row['frozen']:.4f}, fine-tuned "
-                              f"{row['fine_tuned']:.4f}, scratch {row['scratch']:.4f}")
+                              f"{row['fine_tuned']:.4f}, scratch {row['scratch']:.4f}",
+              lambda row=row: (max(row["frozen"], row["fine_tuned"]), row["scratch"]))
 
     a, b = _get(results, "mlp32", "eval", "test_mse"), _get(results, "mlp2", "eval", "test_mse")
     claim("a 32-d code reconstructs better than a 2-d one (`mlp32` vs `mlp2`)", [a, b], lambda: a < b,
-          lambda: f"test MSE {a:.5f} vs {b:.5f}")
+          lambda: f"test MSE {a:.5f} vs {b:.5f}", lambda: (a, b))
     a, b = _get(results, "conv32", "eval", "test_mse"), _get(results, "mlp32", "eval", "test_mse")
     claim("the conv autoencoder beats the vanilla one at d=32 (`conv32` vs `mlp32`)", [a, b], lambda: a < b,
-          lambda: f"test MSE {a:.5f} vs {b:.5f}")
+          lambda: f"test MSE {a:.5f} vs {b:.5f}", lambda: (a, b))
     a, b = _get(results, "hinton30", "eval", "test_sse_per_image"), _get(results, "hinton30", "eval", "pca_sse_per_image")
     claim("the 784-1000-500-250-30 autoencoder beats PCA at 30 components (Hinton & Salakhutdinov)", [a, b],
-          lambda: a < b, lambda: f"squared error per image {a:.2f} vs {b:.2f}")
+          lambda: a < b, lambda: f"squared error per image {a:.2f} vs {b:.2f}", lambda: (a, b))
     return claims
 
 
@@ -389,7 +405,11 @@ def write_report(results: dict[str, dict], args: argparse.Namespace, seconds: fl
                      f"{e['mse_vs_pca']:.3f} | {e['test_l0']:.1f} | {e['dead_fraction']:.3f} | "
                      f"{e['probe_accuracy']:.4f} | {e['knn_accuracy']:.4f} | {_f(r.get('epoch_seconds'), '.2f')} |")
 
-    lines += ["", "## The seeds' claims, checked", "", "| claim | check | numbers |", "|---|---|---|"]
+    lines += ["", "## The seeds' claims, checked", "",
+              "Each claim rests on one training run per experiment (one seed). A comparison whose two values "
+              f"are within {NARROW:.0%} of each other is marked *narrow*: a difference that size can come from "
+              "the seed alone, so read it as a tie rather than as evidence either way.", "",
+              "| claim | check | numbers |", "|---|---|---|"]
     for text, verdict, numbers in check_claims(results):
         lines.append(f"| {text} | **{verdict}** | {numbers} |")
 
