@@ -141,7 +141,7 @@ def main() -> None:
     args = p.parse_args()
 
     overrides = [
-        "model=fc", f"dataset={args.dataset}", "dataset.val_fraction=0.0", f"device={args.device}",
+        "model=fc", f"dataset={args.dataset}", f"device={args.device}",
         "optimizer=adam", "optimizer.lr=1e-3", "scheduler=none", f"trainer.epochs={args.epochs}",
         f"trainer.batch_size={args.batch_size}", "trainer.progress=false", "trainer.image_every=0",
         *args.overrides,

@@ -124,7 +124,8 @@ BAD_VALUES = [
     (["model.code_activation=relux"], "model.code_activation", ["relux", "leaky_relu"]),
     (["model.encoder=[{out_features:0}]"], "model.encoder[0].out_features", ["0"]),
     (["model.encoder=[{out_features:8,dropout:1.5}]"], "model.encoder[0].dropout", ["1.5"]),
-    (["dataset=fashion_mnist", "dataset.val_fraction=1.0"], "dataset.val_fraction", ["1.0"]),
+    (["dataset=fashion_mnist", "dataset.val_size=0"], "dataset.val_size", ["0"]),
+    (["dataset=synthetic", "dataset.num_test=0"], "dataset.num_test", ["0"]),
     (["dataset=synthetic", "dataset.num_train=0"], "dataset.num_train", ["0"]),
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aeexp.config import ConfigError
 from aeexp.data import datasets
 from aeexp.data.datasets import DataNotFoundError, load_torchvision
 from aeexp.data.images import ImageSplits, index_batches, to_float
@@ -24,14 +25,18 @@ def test_idx_files_round_trip_through_torchvision(tmp_path, gz):
     data = tiny_idx_set(num_train=20, num_test=10)
     write_idx_set(tmp_path / "FashionMNIST" / "raw", data, gz=gz)
 
-    splits = load_torchvision("fashion_mnist", root=str(tmp_path), download=False)
+    splits = load_torchvision("fashion_mnist", root=str(tmp_path), val_size=5, download=False)
 
-    assert splits.train_images.shape == (20, 1, 28, 28) and splits.val_images.shape == (10, 1, 28, 28)
-    assert splits.train_images.dtype == torch.uint8 and splits.val_images.dtype == torch.uint8
-    assert torch.equal(splits.train_images[:, 0], data[("train", "images")])
-    assert torch.equal(splits.val_images[:, 0], data[("test", "images")])
-    assert splits.train_labels.tolist() == data[("train", "labels")].tolist()
-    assert splits.val_labels.tolist() == data[("test", "labels")].tolist()
+    assert splits.train_images.shape == (15, 1, 28, 28) and splits.val_images.shape == (5, 1, 28, 28)
+    assert splits.test_images.shape == (10, 1, 28, 28)
+    assert all(t.dtype == torch.uint8 for t in (splits.train_images, splits.val_images, splits.test_images))
+    # train + validation are exactly the training file's images (the corner pixel is the index)
+    ids = torch.cat([splits.train_images[:, 0, 0, 0], splits.val_images[:, 0, 0, 0]]).long()
+    assert sorted(ids.tolist()) == list(range(20))
+    assert torch.equal(torch.cat([splits.train_images, splits.val_images])[:, 0], data[("train", "images")][ids])
+    assert torch.cat([splits.train_labels, splits.val_labels]).tolist() == data[("train", "labels")][ids].tolist()
+    assert torch.equal(splits.test_images[:, 0], data[("test", "images")])
+    assert splits.test_labels.tolist() == data[("test", "labels")].tolist()
     assert splits.shape == (1, 28, 28)
 
 
@@ -41,9 +46,9 @@ def test_registered_dataset_reads_the_root_it_is_given(tmp_path, name, folder):
     which this machine cannot download)."""
     data = tiny_idx_set(num_train=12, num_test=6)
     write_idx_set(tmp_path / folder / "raw", data, gz=True)
-    splits = DATASETS.build({"name": name, "root": str(tmp_path), "download": False})
-    assert (len(splits.train_images), len(splits.val_images)) == (12, 6)
-    assert torch.equal(splits.train_images[:, 0], data[("train", "images")])
+    splits = DATASETS.build({"name": name, "root": str(tmp_path), "download": False, "val_size": 2})
+    assert (len(splits.train_images), len(splits.val_images), len(splits.test_images)) == (10, 2, 6)
+    assert torch.equal(splits.test_images[:, 0], data[("test", "images")])
     assert splits.name == name
 
 
@@ -66,11 +71,11 @@ def test_incomplete_idx_set_counts_as_missing(tmp_path):
         load_torchvision("fashion_mnist", root=str(tmp_path), download=False)
 
 
-def test_val_fraction_carves_disjoint_validation_from_train(tmp_path):
+def test_val_size_carves_disjoint_validation_from_train(tmp_path):
     data = tiny_idx_set(num_train=20, num_test=10)
     write_idx_set(tmp_path / "FashionMNIST" / "raw", data)
 
-    splits = load_torchvision("fashion_mnist", root=str(tmp_path), val_fraction=0.25, download=False)
+    splits = load_torchvision("fashion_mnist", root=str(tmp_path), val_size=5, download=False)
 
     assert (len(splits.train_images), len(splits.val_images)) == (15, 5)
     train_ids = splits.train_images[:, 0, 0, 0].tolist()  # each image's index in the train file
@@ -79,13 +84,28 @@ def test_val_fraction_carves_disjoint_validation_from_train(tmp_path):
     assert sorted(train_ids + val_ids) == list(range(20))  # all of train, none of the test split
     original = data[("train", "labels")]
     assert splits.val_labels.tolist() == original[val_ids].tolist()  # labels travel with images
+    assert "5 images held out of the training split" in splits.val_note
+
+
+def test_val_size_must_leave_training_images(tmp_path):
+    write_idx_set(tmp_path / "FashionMNIST" / "raw", tiny_idx_set(num_train=20))
+    with pytest.raises(ConfigError, match=r"dataset.val_size: got 20, allowed: 1 to 19"):
+        load_torchvision("fashion_mnist", root=str(tmp_path), val_size=20, download=False)
+
+
+def test_training_never_receives_the_test_split():
+    splits = DATASETS.build({"name": "synthetic", "num_train": 16, "num_val": 8, "num_test": 8})
+    assert splits.test_images is not None
+    trimmed = splits.without_test()
+    assert trimmed.test_images is None and trimmed.test_labels is None
+    assert torch.equal(trimmed.val_images, splits.val_images)
 
 
 def test_val_split_depends_only_on_split_seed(tmp_path):
     write_idx_set(tmp_path / "FashionMNIST" / "raw", tiny_idx_set(num_train=40))
 
     def val_ids(split_seed):
-        splits = load_torchvision("fashion_mnist", root=str(tmp_path), val_fraction=0.5, split_seed=split_seed,
+        splits = load_torchvision("fashion_mnist", root=str(tmp_path), val_size=20, split_seed=split_seed,
                                   download=False)
         return splits.val_images[:, 0, 0, 0].tolist()
 

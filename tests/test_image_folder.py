@@ -36,11 +36,13 @@ def image_folder_run(png_folder, *overrides):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_images_are_resized_cropped_and_converted(png_folder, channels):
-    data = load_image_folder(str(png_folder), size=[16, 12], channels=channels, val_fraction=0.25, num_workers=0)
+    data = load_image_folder(str(png_folder), size=[16, 12], channels=channels, val_fraction=0.25,
+                             test_fraction=0.125, num_workers=0)
     assert data.shape == (channels, 16, 12)
-    assert len(data.train_images) == 18 and len(data.val_images) == 6
-    assert data.train_images.dtype == torch.uint8
-    assert set(data.train_labels.tolist()) | set(data.val_labels.tolist()) == {0, 1}
+    assert (len(data.train_images), len(data.val_images), len(data.test_images)) == (15, 6, 3)
+    assert data.train_images.dtype == torch.uint8 and data.test_images.dtype == torch.uint8
+    labels = torch.cat([data.train_labels, data.val_labels, data.test_labels])
+    assert set(labels.tolist()) == {0, 1}
     dark = data.train_images[data.train_labels == 0].float().mean()
     light = data.train_images[data.train_labels == 1].float().mean()
     assert dark < 100 < light

@@ -63,17 +63,19 @@ class DataNotFoundError(FileNotFoundError):
 @dataclass
 class TorchvisionDatasetConfig:
     """``root``: the folder holding ``<ClassName>/raw/`` (relative paths: from the launch
-    directory). ``val_fraction`` > 0 carves validation out of the training split; 0 uses the
-    official test split for validation, as the seeds do."""
+    directory). ``val_size`` images are held out of the official training split for
+    validation, chosen by ``split_seed`` alone (the same images for every run and every
+    model seed); the official test split is for ``evaluate.py`` only."""
 
     name: str
     root: str = "data"
-    val_fraction: float = 0.0
+    val_size: int = 5000
     download: bool = True
     split_seed: int = 0
 
     def __post_init__(self) -> None:
-        require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a fraction in [0, 1)")
+        require(self.val_size >= 1, "val_size", self.val_size,
+                "an integer >= 1 (images held out of the training split for validation)")
 
 
 def raw_folder(name: str, root: str | Path) -> Path:
@@ -131,25 +133,23 @@ def ensure_idx_files(name: str, root: str | Path, download: bool) -> Path:
 
 
 def load_torchvision(
-    name: str, root: str = "data", val_fraction: float = 0.0, download: bool = True, split_seed: int = 0
+    name: str, root: str = "data", val_size: int = 5000, download: bool = True, split_seed: int = 0
 ) -> ImageSplits:
+    """Train / validation carved from the official training split, and the official test split."""
     ensure_idx_files(name, root, download)
     cls = TORCHVISION_CLASSES[name]
     train = cls(str(root), train=True, download=False)
     test = cls(str(root), train=False, download=False)
     train_x, train_y = train.data.unsqueeze(1), train.targets
-    if val_fraction > 0:
-        train_x, train_y, val_x, val_y = carve_validation(train_x, train_y, val_fraction, split_seed)
-    else:
-        val_x, val_y = test.data.unsqueeze(1), test.targets
-    return ImageSplits(train_x.contiguous(), train_y, val_x.contiguous(), val_y, name=name)
-
-
-def load_test_split(name: str, root: str = "data", download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official test split, for evaluation when validation was carved from train."""
-    ensure_idx_files(name, root, download)
-    test = TORCHVISION_CLASSES[name](str(root), train=False, download=False)
-    return test.data.unsqueeze(1).contiguous(), test.targets
+    require(val_size < len(train_x), "dataset.val_size", val_size,
+            f"1 to {len(train_x) - 1} (the training split of {name} holds {len(train_x)} images)")
+    train_x, train_y, val_x, val_y = carve_validation(train_x, train_y, val_size, split_seed)
+    return ImageSplits(
+        train_x.contiguous(), train_y, val_x.contiguous(), val_y, test.data.unsqueeze(1).contiguous(), test.targets,
+        name=name,
+        val_note=f"{val_size} images held out of the training split (dataset.split_seed={split_seed})",
+        test_note=f"the official {name} test split",
+    )
 
 
 for _name in TORCHVISION_CLASSES:
@@ -165,6 +165,7 @@ class SyntheticDatasetConfig:
     name: str = "synthetic"
     num_train: int = 2048
     num_val: int = 512
+    num_test: int = 512
     channels: int = 1
     height: int = 28
     width: int = 28
@@ -172,7 +173,7 @@ class SyntheticDatasetConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("num_train", "num_val", "channels", "height", "width"):
+        for key in ("num_train", "num_val", "num_test", "channels", "height", "width"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
         require(self.num_classes >= 2, "num_classes", self.num_classes, "an integer >= 2")
 
@@ -196,13 +197,15 @@ def _smooth_patterns(count: int, channels: int, height: int, width: int, g: torc
 def load_synthetic(
     num_train: int = 2048,
     num_val: int = 512,
+    num_test: int = 512,
     channels: int = 1,
     height: int = 28,
     width: int = 28,
     num_classes: int = 10,
     seed: int = 0,
 ) -> ImageSplits:
-    """Each image: its class's prototype plus a random mix of shared variation patterns.
+    """Each image: its class's prototype plus a random mix of shared variation patterns;
+    train, validation and test are independent draws.
 
     The data has structure an autoencoder can learn (a low-dimensional manifold and
     classes a probe can separate) and is generated in well under a second.
@@ -221,4 +224,6 @@ def load_synthetic(
 
     train_x, train_y = sample(num_train)
     val_x, val_y = sample(num_val)
-    return ImageSplits(train_x, train_y, val_x, val_y, name="synthetic")
+    test_x, test_y = sample(num_test)  # drawn last, so train and validation do not depend on num_test
+    return ImageSplits(train_x, train_y, val_x, val_y, test_x, test_y, name="synthetic",
+                       val_note=f"{num_val} generated validation images", test_note=f"{num_test} generated test images")

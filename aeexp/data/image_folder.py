@@ -28,13 +28,16 @@ from aeexp.registry import DATASETS
 
 @dataclass
 class ImageFolderConfig:
-    """``size``: [height, width] (a single value in the list means square)."""
+    """``size``: [height, width] (a single value in the list means square). ``val_fraction``
+    and ``test_fraction`` of the images (chosen by ``split_seed``) validate and test; the
+    rest trains."""
 
     name: str = "image_folder"
     root: str = "???"
     size: list[int] = field(default_factory=lambda: [64, 64])
     channels: int = 3
     val_fraction: float = 0.1
+    test_fraction: float = 0.1
     split_seed: int = 0
     in_memory: Optional[bool] = None
     memory_limit_mb: int = 4096
@@ -45,6 +48,8 @@ class ImageFolderConfig:
                 "[height, width] or [side], each >= 1")
         require_choice("channels", self.channels, (1, 3))
         require(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a fraction in (0, 1)")
+        require(0.0 < self.test_fraction < 1.0 and self.val_fraction + self.test_fraction < 1.0, "test_fraction",
+                self.test_fraction, f"a fraction in (0, 1) with val_fraction ({self.val_fraction}) + test_fraction < 1")
         require(self.memory_limit_mb >= 0, "memory_limit_mb", self.memory_limit_mb, "megabytes >= 0")
         require(self.num_workers >= 0, "num_workers", self.num_workers, "an integer >= 0")
 
@@ -73,6 +78,7 @@ def load_image_folder(
     size: list[int] = (64, 64),
     channels: int = 3,
     val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
     split_seed: int = 0,
     in_memory: bool | None = None,
     memory_limit_mb: int = 4096,
@@ -89,22 +95,25 @@ def load_image_folder(
         dataset = tv_datasets.ImageFolder(str(folder), transform=image_transform(hw, channels))
     except (FileNotFoundError, RuntimeError) as err:
         raise DataNotFoundError(f"dataset.root={root!r}: {err}") from None
-    if len(dataset) < 2:
-        raise DataNotFoundError(f"dataset.root={root!r} holds {len(dataset)} image(s); at least 2 are needed")
+    if len(dataset) < 3:
+        raise DataNotFoundError(f"dataset.root={root!r} holds {len(dataset)} image(s); at least 3 are needed "
+                                "(train, validation and test each need one)")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(split_seed)).tolist()
-    n_val = min(len(dataset) - 1, max(1, round(len(dataset) * val_fraction)))
-    train_part, val_part = Subset(dataset, order[n_val:]), Subset(dataset, order[:n_val])
+    n_val = max(1, round(len(dataset) * val_fraction))
+    n_test = max(1, round(len(dataset) * test_fraction))
+    n_val = min(n_val, len(dataset) - 2)
+    n_test = min(n_test, len(dataset) - 1 - n_val)
+    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
     shape = (channels, *hw)
     megabytes = len(dataset) * math.prod(shape) / 2**20
     if in_memory is None:
         in_memory = megabytes <= memory_limit_mb
     labels = torch.tensor(dataset.targets)
+    notes = dict(name="image_folder", val_note=f"{n_val} images of {root} (val_fraction {val_fraction}, split_seed {split_seed})",
+                 test_note=f"{n_test} images of {root} (test_fraction {test_fraction}, split_seed {split_seed})")
     if in_memory:
-        train_x, train_y = _stack(train_part, num_workers)
-        val_x, val_y = _stack(val_part, num_workers)
-        return ImageSplits(train_x, train_y, val_x, val_y, name="image_folder")
-    return ImageSplits(
-        StreamedImages(train_part, shape, num_workers), labels[order[n_val:]],
-        StreamedImages(val_part, shape, num_workers), labels[order[:n_val]],
-        name="image_folder",
-    )
+        stacked = [_stack(Subset(dataset, parts[split]), num_workers) for split in ("train", "val", "test")]
+        return ImageSplits(*(t for pair in stacked for t in pair), **notes)
+    streamed = [(StreamedImages(Subset(dataset, parts[split]), shape, num_workers), labels[parts[split]])
+                for split in ("train", "val", "test")]
+    return ImageSplits(*(t for pair in streamed for t in pair), **notes)

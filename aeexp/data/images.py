@@ -67,27 +67,41 @@ class StreamedImages:
 
 @dataclass
 class ImageSplits:
-    """Train and validation images as uint8 tensors of shape (N, C, H, W), with labels.
+    """Train, validation and test images as uint8 tensors of shape (N, C, H, W), with labels.
 
-    uint8 keeps a 60k-image set at 47 MB, small enough to live on the training device, so
-    a batch is one gather plus one conversion to float: no Python per sample.
+    Three disjoint splits, always: training fits the weights, validation selects (``best.pt``,
+    the scheduler, early stopping, sweepers), and test is for ``evaluate.py`` alone, so a
+    reported test figure never comes from the images that chose the model. The trainer gets
+    :meth:`without_test`. uint8 keeps a 60k-image set at 47 MB, small enough to live on the
+    training device, so a batch is one gather plus one conversion to float: no Python per sample.
     """
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     val_images: torch.Tensor
     val_labels: torch.Tensor
+    test_images: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
     name: str = ""
+    # How each split was made, in words, for logs and evaluation reports.
+    val_note: str = "validation split"
+    test_note: str = "test split"
 
     def __post_init__(self) -> None:
-        for split in ("train", "val"):
+        for split in ("train", "val", "test"):
             images = getattr(self, f"{split}_images")
-            if isinstance(images, StreamedImages):
+            if images is None or isinstance(images, StreamedImages):
                 continue
             if images.dtype != torch.uint8 or images.dim() != 4:
                 raise ValueError(f"{split}_images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if self.train_images.shape[1:] != self.val_images.shape[1:]:
             raise ValueError("train and validation images differ in shape")
+        if self.test_images is not None and self.test_images.shape[1:] != self.train_images.shape[1:]:
+            raise ValueError("train and test images differ in shape")
+
+    def without_test(self) -> "ImageSplits":
+        """The splits training may see: the test images are dropped, not just left unused."""
+        return replace(self, test_images=None, test_labels=None)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -97,6 +111,7 @@ class ImageSplits:
         return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
 
     def to(self, device: torch.device | str) -> "ImageSplits":
+        """Train and validation on ``device``; the test split, if any, stays where it is."""
         return replace(
             self,
             train_images=self.train_images.to(device),
@@ -111,9 +126,9 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).mul_(1.0 / 255.0)
 
 
-def carve_validation(images: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int):
-    """Split a training set into (train, val) parts with a seeded permutation."""
-    n_val = max(1, round(len(images) * fraction))
+def carve_validation(images: torch.Tensor, labels: torch.Tensor, n_val: int, seed: int):
+    """Split a training set into (train, val) parts: ``n_val`` images chosen by a permutation
+    seeded by ``seed`` alone, so every run with the same seed holds out the same images."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     val, train = order[:n_val], order[n_val:]
     return images[train], labels[train], images[val], labels[val]

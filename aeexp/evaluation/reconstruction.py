@@ -1,4 +1,4 @@
-"""Reconstruction and latent figures on the test split, in one pass of the model.
+"""Reconstruction and latent figures of a split (validation or test), in one pass of the model.
 
 Units: ``test_mse`` is per pixel (PyTorch's mean over every pixel of the set);
 ``test_sse_per_image`` is the same error summed over an image's pixels (x pixels), the
@@ -45,14 +45,16 @@ def psnr(mse: float) -> float:
 
 @torch.no_grad()
 def reconstruction_metrics(model: torch.nn.Module, images: torch.Tensor, batch_size: int,
-                           device: torch.device, progress: bool = True) -> tuple[dict[str, float], torch.Tensor]:
-    """Reconstruction and sparsity figures of the test images, and their codes (CPU)."""
+                           device: torch.device, progress: bool = True,
+                           split: str = "test") -> tuple[dict[str, float], torch.Tensor]:
+    """Reconstruction and sparsity figures of one split's images (keys ``<split>_mse``, ...),
+    and their codes (CPU)."""
     model.eval()
     squared_error = torch.zeros((), dtype=torch.float64)
     pixel_sum = torch.zeros(images.shape[1:], dtype=torch.float64)
     pixel_square_sum = torch.zeros(images.shape[1:], dtype=torch.float64)
     codes = []
-    for x in float_batches(images, batch_size, device, "test reconstruction", progress):
+    for x in float_batches(images, batch_size, device, f"{split} reconstruction", progress):
         x_hat, z = model(x)
         squared_error += (x_hat.float() - x).pow(2).sum(dtype=torch.float64).cpu()
         pixel_sum += x.sum(0, dtype=torch.float64).cpu()
@@ -64,13 +66,16 @@ def reconstruction_metrics(model: torch.nn.Module, images: torch.Tensor, batch_s
     # Variance around the mean image, per pixel: the MSE of predicting the test set's mean.
     variance = ((pixel_square_sum - pixel_sum.pow(2) / n).sum() / (n * pixels)).item()
     fired = (codes != 0).sum(0)
-    return {
-        "test_mse": mse,
-        "test_sse_per_image": mse * pixels,
-        "test_psnr": psnr(mse),
-        "test_fvu": mse / variance if variance > 0 else math.nan,
-        "mean_image_mse": variance,
-        "test_l0": (codes != 0).sum(1).double().mean().item(),
-        "dead_fraction": (fired == 0).double().mean().item(),
-        "code_size": codes.shape[1],
-    }, codes
+    figures = {
+        f"{split}_mse": mse,
+        f"{split}_sse_per_image": mse * pixels,
+        f"{split}_psnr": psnr(mse),
+        f"{split}_fvu": mse / variance if variance > 0 else math.nan,
+        f"{split}_l0": (codes != 0).sum(1).double().mean().item(),
+    }
+    dead = (fired == 0).double().mean().item()
+    if split == "test":  # the test split's keep their established names
+        figures.update(mean_image_mse=variance, dead_fraction=dead, code_size=codes.shape[1])
+    else:
+        figures.update({f"{split}_mean_image_mse": variance, f"{split}_dead_fraction": dead})
+    return figures, codes

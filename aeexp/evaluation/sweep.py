@@ -3,7 +3,8 @@
 Each Hydra job of a sweep records its command-line overrides in ``.hydra/overrides.yaml``;
 the overrides whose values differ between runs are what the sweep varied, so they become
 the table's leading columns (shared ones, like ``dataset=fashion_mnist``, would only repeat).
-Rows are sorted by ``test_mse``; a run that cannot be evaluated (a diverged run without
+Rows are sorted by ``val_mse`` (the validation split, which also selected each run's
+``best.pt``): ordering by a test figure would make the table itself a selection on test. A run that cannot be evaluated (a diverged run without
 ``best.pt``, say) keeps its row, last, with the reason.
 """
 
@@ -21,7 +22,7 @@ from aeexp.evaluation.loading import find_runs
 
 log = logging.getLogger(__name__)
 
-KEY_METRICS = ("test_mse", "pca_mse", "mse_vs_pca", "test_psnr", "test_fvu", "test_l0", "dead_fraction",
+KEY_METRICS = ("val_mse", "test_mse", "pca_mse", "mse_vs_pca", "test_psnr", "test_fvu", "test_l0", "dead_fraction",
                "probe_accuracy", "pixel_probe_accuracy", "knn_accuracy")
 
 
@@ -61,7 +62,7 @@ def compare_runs(root: Path, evaluate: Callable[[Path], dict[str, Any]],
                     ssl_columns.append(key)
             row.update({k: metrics[k] for k in ssl_columns if k in metrics})
         rows.append(row)
-    rows.sort(key=lambda r: (r.get("test_mse") is None, r.get("test_mse") or 0.0))
+    rows.sort(key=lambda r: (r.get("val_mse") is None, r.get("val_mse") or 0.0))
     columns = ["run", *varied, *KEY_METRICS, *ssl_columns]
     if any("error" in r for r in rows):
         columns.append("error")
@@ -89,5 +90,5 @@ def write_comparison(root: Path, columns: list[str], rows: list[dict[str, Any]])
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    md_path.write_text(f"# Runs under {root}, sorted by test_mse\n\n" + markdown_table(columns, rows))
+    md_path.write_text(f"# Runs under {root}, sorted by val_mse (validation; test figures are for reading, not choosing)\n\n" + markdown_table(columns, rows))
     return csv_path, md_path

@@ -76,10 +76,11 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict[str, Any]:
     seed_everything(cfg.seed)
     data = load_data(cfg)
     model, _ = stage_model(cfg, data.shape, plan_stages(cfg)[0])
-    log.info("data %s: %d train / %d val images of shape %s; device %s", data.name or cfg.dataset.get("name"),
-             len(data.train_images), len(data.val_images), data.shape, device)
+    log.info("data %s: %d train / %d val images of shape %s (validation: %s; the test split is left to "
+             "evaluate.py); device %s", data.name or cfg.dataset.get("name"), len(data.train_images),
+             len(data.val_images), data.shape, data.val_note, device)
     log.info("model: %d parameters\n%s", sum(p.numel() for p in model.parameters()), model)
-    trainer = Trainer(cfg, model, data, run_dir, device)
+    trainer = Trainer(cfg, model, data.without_test(), run_dir, device)
     if cfg.trainer.resume:
         trainer.resume()
     return trainer.fit()
