@@ -4,7 +4,10 @@ Configs name components by short strings (``model: {name: fc}``); a registry tur
 string into the class or function that builds it, in the manner of fvcore's ``Registry``
 and timm's ``register_model``. A config node with ``_target_`` instead of ``name`` is
 built by Hydra's ``instantiate`` so a user's own class, in their own module, works
-without editing aeexp.
+without editing aeexp. That imports and calls whatever the node names, which is right for
+the user's own config but not for one read back from a file: :mod:`aeexp.trust` refuses a
+loaded config with a ``_target_`` unless the caller opted in, before anything reaches
+:meth:`Registry.build`.
 """
 
 from __future__ import annotations

@@ -75,21 +75,22 @@ def check_run_dir(run_dir: Path) -> Path:
     return path
 
 
-def load_run(run_dir: Path | str, device: torch.device | str = "cpu", dataset_root: str | None = None) -> LoadedRun:
+def load_run(run_dir: Path | str, device: torch.device | str = "cpu", dataset_root: str | None = None,
+             trust_targets: bool = False) -> LoadedRun:
     """Rebuild the run's model from its checkpoint's config and load ``best.pt`` into it.
 
     ``dataset_root`` replaces the run's ``dataset.root`` (a relative root was relative to
-    where training was launched).
+    where training was launched). The stored config is data from whoever wrote the file:
+    before anything is built from it (data included) it is settled and checked by
+    :mod:`aeexp.trust`, and a ``_target_`` in it is refused unless ``trust_targets``
+    (``eval.trust_targets=true``), which logs each target before it is built.
     """
     run_dir = Path(run_dir)
     path = check_run_dir(run_dir)
     state = load_checkpoint(path, map_location="cpu")  # weights_only=True: loading runs no code
-    try:
-        raw = OmegaConf.create(state["config"])
-    except Exception as err:
-        raise CheckpointError(f"{path}: its config is not readable YAML ({type(err).__name__})") from None
-    if not isinstance(raw, DictConfig):
-        raise CheckpointError(f"{path}: its config is not a mapping")
+    from aeexp.trust import read_loaded_config
+
+    raw = read_loaded_config(state["config"], path, trust=trust_targets)  # no _target_ unless trusted
     cfg = validate(raw)  # ConfigError names e.g. an unregistered model.name
     if dataset_root is not None and "root" in cfg.dataset:
         cfg.dataset.root = str(dataset_root)

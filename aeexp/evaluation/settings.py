@@ -39,6 +39,7 @@ class EvalSettings:
     figures: bool = True
     progress: bool = True
     seed: int = 0
+    trust_targets: bool = False
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "probe_max_iter", "knn_k", "head_hidden", "head_steps", "head_batch_size",

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +59,46 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """The checkpoint at ``path``, read with ``weights_only=True``: tensors and plain values only.
+
+    Every failure is one CheckpointError line of ours. A file whose pickle would build any
+    other object or call any function is refused as such; torch's own message, which
+    suggests ``weights_only=False`` (running the file's code), is never shown.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a pickle from outside torch.save also warns about its protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read (truncated or corrupted?): {type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-        ) from None
+        raise _unreadable(path, err) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not an aeexp checkpoint (no 'model'/'config' entries)")
     return state
+
+
+# What torch's weights-only unpickler says when a pickle names a function or class to call.
+_OBJECT_REFUSALS = re.compile(r"GLOBAL (\S+?)(?=\s|$)|Can only (?:create new object|build)|reduce for")
+# Lines of torch's message that are advice (load it anyway) rather than the reason.
+_ADVICE = ("weights only load failed", "weights_only", "add_safe_globals", "safe_globals", "trusted source",
+           "trust the source", "check the documentation", "file an issue")
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    text = str(err).strip()
+    if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+        refused = _OBJECT_REFUSALS.search(text)
+        if refused:
+            named = f" (it names {refused.group(1).rstrip('.')})" if refused.group(1) else ""
+            return CheckpointError(
+                f"checkpoint {path} contains Python objects other than tensors and plain values{named}: it was not "
+                "written by aeexp, or was tampered with; aeexp refuses to load it"
+            )
+    reason = next((line.strip() for line in text.splitlines()
+                   if line.strip() and not any(a in line.lower() for a in _ADVICE)), "")
+    return CheckpointError(
+        f"checkpoint {path} cannot be read (truncated or corrupted?): {type(err).__name__}"
+        + (f": {reason}" if reason else "")
+    )
