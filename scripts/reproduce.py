@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Reproduce the seeds: train every experiment, evaluate it, write a results report.
 
-    python scripts/reproduce.py                          # every experiment on fashion_mnist -> docs/RESULTS.md
+    python scripts/reproduce.py                          # every experiment on fashion_mnist -> outputs/reproduce/fashion_mnist/RESULTS.md
+    python scripts/reproduce.py --out docs               # the same, written over the committed docs/RESULTS.md
     python scripts/reproduce.py --dataset mnist          # on MNIST (the machine must be online, or have the files)
     python scripts/reproduce.py --quick                  # smoke run: 1 epoch each, light evaluation, temp dir
     python scripts/reproduce.py --quick --dataset synthetic --experiments fc_shallow,topk5 --out /tmp/r
@@ -12,11 +13,12 @@ calls (``aeexp.training.run.run_training``) in ``<out>/<name>/`` (which gets ``.
 train.py run); then ``aeexp.evaluation.evaluate_run`` measures it as ``python evaluate.py
 run_dir=<out>/<name>`` does. A run that already completed is skipped and one that was
 interrupted continues (``trainer.resume=true``), so rerunning the command after a crash
-costs only what is left. The report (default ``docs/RESULTS.md``, or ``<out>/RESULTS.md``
-with ``--quick``) gets a table per experiment, its pictures copied beside it
-(``results/<name>/*.png``), the seeds' qualitative claims checked against the numbers, the
+costs only what is left. The report goes to ``<out>/RESULTS.md`` (``--out``, by default the
+runs' folder; the committed ``docs/RESULTS.md`` only with ``--out docs``) with a table per
+experiment, its pictures copied beside it (``<out>/results/<name>/*.png``), the seeds' qualitative claims checked against the numbers, the
 second seed's reported losses beside ours, and Hinton & Salakhutdinov's 30-D autoencoder
-against PCA.
+against PCA. When every experiment fails (no data, say) no report is written, so a
+good report is never replaced by a page of failures.
 """
 
 from __future__ import annotations
@@ -78,9 +80,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--experiments", default=None, help="comma-separated names (default: every conf/experiment/*.yaml)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 epoch per stage, light evaluation, report in --out (a temp dir by default)")
-    p.add_argument("--out", default=None, help="run directories (default: outputs/reproduce/<dataset>, or a temp dir with --quick)")
-    p.add_argument("--report", default=None, help="the report (default: docs/RESULTS.md, or <out>/RESULTS.md with --quick)")
+    p.add_argument("--runs", default=None,
+                   help="run directories (default: outputs/reproduce/<dataset>, or a temp dir with --quick)")
+    p.add_argument("--out", default=None,
+                   help="folder of the report: <out>/RESULTS.md and <out>/results/ (default: the --runs folder; "
+                        "--out docs replaces the committed report)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="experiments trained and evaluated at once, each in its own process with cores/jobs "
+                        "threads (a GPU is shared); the report is then assembled from their runs")
     p.add_argument("overrides", nargs="*", help="extra train.py overrides for every experiment, e.g. trainer.num_threads=2")
     args = p.parse_args(argv)
     names = EXPERIMENTS if args.experiments is None else [n.strip() for n in args.experiments.split(",") if n.strip()]
@@ -88,11 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown experiments {unknown}; choose from {', '.join(EXPERIMENTS)}")
     args.names = names
-    if args.out is None:
-        args.out = tempfile.mkdtemp(prefix="aeexp-reproduce-") if args.quick else str(REPO / "outputs" / "reproduce" / args.dataset)
-    args.out = Path(args.out).resolve()
-    args.report = Path(args.report).resolve() if args.report else (
-        args.out / "RESULTS.md" if args.quick else REPO / "docs" / "RESULTS.md")
+    if args.jobs < 1:
+        p.error(f"--jobs: got {args.jobs}, allowed: an integer >= 1")
+    if args.runs is None:
+        args.runs = tempfile.mkdtemp(prefix="aeexp-reproduce-") if args.quick else str(REPO / "outputs" / "reproduce" / args.dataset)
+    args.runs = Path(args.runs).resolve()
+    args.report = (Path(args.out).resolve() if args.out else args.runs) / "RESULTS.md"
     return args
 
 
@@ -119,7 +128,7 @@ def compose(overrides: list[str]) -> DictConfig:
 
 
 def train(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    run_dir = args.out / name
+    run_dir = args.runs / name
     overrides = train_overrides(name, args)
     if (run_dir / "checkpoints" / "last.pt").exists():
         overrides.append("trainer.resume=true")  # skips a completed run, continues an interrupted one
@@ -164,11 +173,14 @@ def reproduce_one(name: str, args: argparse.Namespace, settings: DictConfig, fig
     result: dict[str, Any] = {"name": name}
     try:
         start = time.perf_counter()
-        result["reused"] = finished(args.out / name)
+        result["reused"] = args.finished_before[name]
         result["train"] = train(name, args)
         result["train_seconds"] = time.perf_counter() - start
-        run_dir = args.out / name
-        result["eval"] = evaluate_run(run_dir, settings, resolve_device(args.device), args.dataset_root)
+        run_dir = args.runs / name
+        result["eval"] = earlier_evaluation(run_dir, settings)
+        result["eval_reused"] = args.evaluated_before[name]
+        if result["eval"] is None:
+            result["eval"] = evaluate_run(run_dir, settings, resolve_device(args.device), args.dataset_root)
         result["atom_spread"] = atom_spread(load_run(run_dir, "cpu", args.dataset_root).model,
                                             result["eval"]["code_size"])
         result["pictures"] = copy_pictures(run_dir, figures_dir / name)
@@ -177,6 +189,21 @@ def reproduce_one(name: str, args: argparse.Namespace, settings: DictConfig, fig
         log.error("%s: %s", name, err)
         result["error"] = f"{type(err).__name__}: {err}"
     return result
+
+
+def earlier_evaluation(run_dir: Path, settings: DictConfig) -> dict[str, Any] | None:
+    """``<run>/eval/metrics.json`` when an earlier invocation measured this very ``best.pt``
+    with the same evaluation settings (it is newer than the checkpoint), else None; so a
+    report-only rerun, or runs trained and evaluated by parallel invocations, cost no second
+    evaluation."""
+    path, best = run_dir / "eval" / "metrics.json", run_dir / "checkpoints" / "best.pt"
+    try:
+        metrics = json.loads(path.read_text())
+        fresh = path.stat().st_mtime >= best.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    same = metrics.get("settings") == OmegaConf.to_container(settings, resolve=True)
+    return metrics if fresh and same and "val_mse" in metrics else None
 
 
 def epoch_times(run_dir: Path) -> tuple[float | None, float | None]:
@@ -335,6 +362,7 @@ def _minutes(seconds: float | None) -> float | None:
 def experiment_table(result: dict[str, Any]) -> list[str]:
     e, t = result["eval"], result["train"]
     rows = [
+        ("validation MSE per pixel (what selected best.pt)", _f(e.get("val_mse"), ".5f")),
         ("test MSE per pixel", _f(e["test_mse"], ".5f")),
         ("SSE per image", _f(e["test_sse_per_image"], ".3f")),
         ("PSNR (dB)", _f(e["test_psnr"], ".2f")),
@@ -384,33 +412,41 @@ def write_report(results: dict[str, dict], args: argparse.Namespace, seconds: fl
     command = "python scripts/reproduce.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python scripts/reproduce.py"
     first = next((r for r in results.values() if "eval" in r), None)
     reused = [name for name, r in results.items() if r.get("reused")]
+    eval_reused = [name for name, r in results.items() if r.get("eval_reused")]
     trained_minutes = sum(r.get("training_seconds") or 0 for r in results.values()) / 60
     lines += [
         f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M %Z')} in {seconds / 60:.1f} min: "
         f"dataset `{args.dataset}`"
         + (f" (test: {first['eval']['test_split']}, {first['eval']['train_images']} training images)" if first else "")
-        + f"; torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, device `{args.device}`."
+        + f"; torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, device `{args.device}`"
+        + (f" ({torch.cuda.get_device_name()})" if args.device in ("cuda", "auto") and torch.cuda.is_available() else "")
+        + (f", {args.jobs} experiments at a time" if args.jobs > 1 else "") + "."
         + (f" {len(reused)} of {len(results)} runs had completed in an earlier invocation and were only "
            f"evaluated this time ({', '.join(f'`{n}`' for n in reused)})." if reused else
            " Every run was trained in this invocation.")
+        + (f" {len(eval_reused)} runs' evaluations were read from their `eval/metrics.json` (made from the same "
+           "`best.pt` with the same settings by an earlier or parallel invocation)." if eval_reused else "")
         + f" Training every run took {trained_minutes:.0f} min in all (the sum of their epoch times).",
         "",
         "Each experiment is `python train.py experiment=<name> dataset=" + args.dataset + "` then "
-        "`python evaluate.py run_dir=<its run dir>`; every figure is on the test split (README, Evaluate). "
+        "`python evaluate.py run_dir=<its run dir>`. Each run's `best.pt` is the epoch with the best "
+        "validation score (`trainer.monitor`), on validation images held out of the training split"
+        + (f" ({first['eval']['val_split']})" if first and "val_split" in first["eval"] else "")
+        + "; every figure below is on the **test split**, which nothing was selected on (README, Evaluate). "
         "Atom spread: the mean fraction of pixels where a dictionary atom (decoder output for a one-hot code "
         "minus its output for the zero code) reaches 25% of its peak; larger is more global.",
         "",
         "## Summary",
         "",
-        "| experiment | test MSE | SSE/image | PSNR | vs PCA | L0 | dead | probe | kNN | s/epoch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| experiment | val MSE | test MSE | SSE/image | PSNR | vs PCA | L0 | dead | probe | kNN | s/epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if "error" in r:
-            lines.append(f"| `{name}` | failed: {r['error']} |||||||||")
+            lines.append(f"| `{name}` | failed: {r['error']} ||||||||||")
             continue
         e, t = r["eval"], r["train"]
-        lines.append(f"| `{name}` | {e['test_mse']:.5f} | {e['test_sse_per_image']:.2f} | {e['test_psnr']:.2f} | "
+        lines.append(f"| `{name}` | {_f(e.get('val_mse'), '.5f')} | {e['test_mse']:.5f} | {e['test_sse_per_image']:.2f} | {e['test_psnr']:.2f} | "
                      f"{e['mse_vs_pca']:.3f} | {e['test_l0']:.1f} | {e['dead_fraction']:.3f} | "
                      f"{e['probe_accuracy']:.4f} | {e['knn_accuracy']:.4f} | {_f(r.get('epoch_seconds'), '.2f')} |")
 
@@ -468,19 +504,69 @@ def write_report(results: dict[str, dict], args: argparse.Namespace, seconds: fl
     return report
 
 
+def run_in_parallel(args: argparse.Namespace, argv: list[str]) -> None:
+    """Train and evaluate each experiment in a child ``reproduce.py --experiments <name>``,
+    ``args.jobs`` at a time, into the same run folders; the caller then reads their finished
+    runs and evaluations (``earlier_evaluation``) to write one report. Children write their
+    own small reports into a temporary folder, which is thrown away."""
+    from concurrent.futures import ThreadPoolExecutor
+    import subprocess
+
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    keep = _strip_option(argv, "--jobs", "--experiments", "--out", "--runs")
+    scratch = Path(tempfile.mkdtemp(prefix="aeexp-reproduce-parts-"))
+
+    def one(name: str) -> int:
+        command = [sys.executable, str(Path(__file__).resolve()), *keep, "--experiments", name, "--runs",
+                   str(args.runs), "--out", str(scratch / name)]
+        with open(scratch / f"{name}.log", "w") as log_file:
+            code = subprocess.run(command, env=env, stdout=log_file, stderr=subprocess.STDOUT).returncode
+        log.info("%s: child finished with status %d (log %s)", name, code, scratch / f"{name}.log")
+        return code
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(one, args.names))
+
+
+def _strip_option(argv: list[str], *options: str) -> list[str]:
+    """``argv`` without ``--option value`` / ``--option=value`` pairs of ``options``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in options:
+            skip = True
+            continue
+        if a.split("=", 1)[0] in options:
+            continue
+        out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     settings = eval_settings(args)
-    figures_dir = args.report.parent / "results"
     start = time.perf_counter()
+    # What earlier invocations left, for the report's account of what this one did.
+    args.finished_before = {name: finished(args.runs / name) for name in args.names}
+    args.evaluated_before = {name: earlier_evaluation(args.runs / name, settings) is not None for name in args.names}
+    if args.jobs > 1 and len(args.names) > 1:
+        run_in_parallel(args, argv)
+    figures_dir = args.report.parent / "results"
     results = {}
     for name in args.names:
         results[name] = reproduce_one(name, args, settings, figures_dir)
+    failed = [n for n, r in results.items() if "error" in r]
+    if len(failed) == len(results):
+        print(f"every experiment failed ({', '.join(failed)}): no report written, {args.report} left as it was")
+        return 1
     report = write_report(results, args, time.perf_counter() - start)
     for text, verdict, numbers in check_claims(results):
         print(f"{verdict:4}  {text}: {numbers}")
-    failed = [n for n, r in results.items() if "error" in r]
     print(f"report: {report}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -143,3 +143,71 @@ def test_to_float_maps_uint8_to_unit_interval():
     x = to_float(torch.tensor([0, 51, 255], dtype=torch.uint8))
     assert x.dtype == torch.float32
     assert torch.allclose(x, torch.tensor([0.0, 0.2, 1.0]))
+
+
+# ------------------------------------------------------------------ broken IDX files
+def _prepared(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    write_idx_set(raw, tiny_idx_set(num_train=20, num_test=10))
+    return raw
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    (lambda p: p.write_bytes(b"this is not an IDX file at all"), "not an IDX file"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-7]), "truncated"),
+    (lambda p: p.write_bytes(p.read_bytes() + b"\0" * 5), "extra bytes"),
+    (lambda p: p.write_bytes(b""), "not an IDX file"),
+], ids=["garbage", "truncated", "too_long", "empty"])
+def test_a_broken_idx_file_is_named(tmp_path, damage, words):
+    raw = _prepared(tmp_path)
+    damage(raw / "train-images-idx3-ubyte")
+    with pytest.raises(DataNotFoundError, match=words) as info:
+        load_torchvision("fashion_mnist", root=str(tmp_path), val_size=5, download=False)
+    assert str(raw / "train-images-idx3-ubyte") in str(info.value)
+
+
+def test_labels_and_images_of_different_counts_are_refused(tmp_path):
+    raw = _prepared(tmp_path)
+    write_idx_set(tmp_path / "other", tiny_idx_set(num_train=19, num_test=10))
+    (raw / "train-labels-idx1-ubyte").write_bytes((tmp_path / "other" / "train-labels-idx1-ubyte").read_bytes())
+    with pytest.raises(DataNotFoundError, match="19 labels for 20 images"):
+        load_torchvision("fashion_mnist", root=str(tmp_path), val_size=5, download=False)
+
+
+def test_a_garbage_gz_file_is_named_and_leaves_no_temp_file(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    write_idx_set(raw, tiny_idx_set(), gz=True)
+    (raw / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b but not really gzip")
+    with pytest.raises(DataNotFoundError, match="train-labels-idx1-ubyte.gz: cannot be read as gzipped IDX"):
+        load_torchvision("fashion_mnist", root=str(tmp_path), val_size=5, download=False)
+    assert not [p.name for p in raw.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_a_broken_file_in_the_root_names_the_good_system_copy(tmp_path, monkeypatch):
+    system = write_idx_set(tmp_path / "system", tiny_idx_set(), gz=True)
+    monkeypatch.setitem(datasets.SYSTEM_DIRS, "fashion_mnist", [system])
+    raw = _prepared(tmp_path / "root")
+    (raw / "t10k-images-idx3-ubyte").write_bytes(b"garbage")
+    with pytest.raises(DataNotFoundError) as info:
+        load_torchvision("fashion_mnist", root=str(tmp_path / "root"), val_size=5, download=False)
+    assert str(raw / "t10k-images-idx3-ubyte") in str(info.value) and str(system) in str(info.value)
+
+
+def test_an_unwritable_data_root_is_one_line(tmp_path, monkeypatch):
+    import os
+
+    if os.geteuid() == 0:
+        # root writes anywhere; stand in for the refusal the file system gives everyone else
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(datasets.tempfile, "mkstemp", refuse)
+    system = write_idx_set(tmp_path / "system", tiny_idx_set(), gz=True)
+    monkeypatch.setitem(datasets.SYSTEM_DIRS, "fashion_mnist", [system])
+    root = tmp_path / "readonly"
+    root.mkdir()
+    root.chmod(0o555)
+    try:
+        with pytest.raises(DataNotFoundError, match=r"dataset.root: cannot write .*Permission denied"):
+            load_torchvision("fashion_mnist", root=str(root), val_size=5, download=False)
+    finally:
+        root.chmod(0o755)

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,8 @@ def test_reproduce_quick_runs_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "reproduce.py"), "--quick", "--dataset", "synthetic",
-         "--device", "cpu", "--experiments", EXPERIMENTS, "--out", str(tmp_path), "trainer.num_threads=1"],
+         "--device", "cpu", "--experiments", EXPERIMENTS, "--runs", str(tmp_path), "--out", str(tmp_path),
+         "trainer.num_threads=1"],
         capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -54,6 +56,26 @@ def test_reproduce_refuses_an_unknown_experiment(capsys):
         reproduce.parse_args(["--quick", "--experiments", "nosuch"])
     assert stop.value.code == 2 and "unknown experiments ['nosuch']" in capsys.readouterr().err
     quick = reproduce.parse_args(["--quick"])
-    quick.out.rmdir()  # the empty temp dir it made
-    assert quick.names == reproduce.EXPERIMENTS and quick.report == quick.out / "RESULTS.md"
-    assert reproduce.parse_args(["--out", "/tmp/x"]).report == REPO / "docs" / "RESULTS.md"
+    quick.runs.rmdir()  # the empty temp dir it made
+    assert quick.names == reproduce.EXPERIMENTS and quick.report == quick.runs / "RESULTS.md"
+    # The committed report is written only when asked for by --out.
+    full = reproduce.parse_args([])
+    assert full.report == REPO / "outputs" / "reproduce" / "fashion_mnist" / "RESULTS.md"
+    assert reproduce.parse_args(["--out", "/tmp/x"]).report == Path("/tmp/x/RESULTS.md")
+    assert reproduce.parse_args(["--out", str(REPO / "docs")]).report == REPO / "docs" / "RESULTS.md"
+
+
+def test_reproduce_writes_no_report_when_every_experiment_fails(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "RESULTS.md").write_text("an earlier, good report\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "reproduce.py"), "--quick", "--dataset", "mnist", "--device", "cpu",
+         "--dataset-root", str(tmp_path / "no_data"), "--experiments", "fc_shallow", "--runs", str(tmp_path / "runs"),
+         "--out", str(out), "dataset.download=false"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1
+    assert "every experiment failed (fc_shallow): no report written" in done.stdout
+    assert (out / "RESULTS.md").read_text() == "an earlier, good report\n"
+    assert sorted(p.name for p in out.iterdir()) == ["RESULTS.md"]

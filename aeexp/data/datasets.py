@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import shutil
+import struct
+import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,37 +90,120 @@ def _has_idx_files(folder: Path) -> bool:
     return all((folder / f).is_file() for f in IDX_FILES)
 
 
-def _copy_idx_files(name: str, folders: list[Path], target: Path) -> bool:
-    """Decompress (or copy) IDX files found in one of ``folders`` into torchvision's layout."""
+# IDX headers: two zero bytes, 0x08 (unsigned bytes), the number of dimensions.
+IDX_NDIM = {"images": 3, "labels": 1}
+
+
+class DataFileError(DataNotFoundError):
+    """A data file that is there but unusable (garbage, truncated, wrong size); names the file."""
+
+
+def check_idx_file(path: Path) -> int:
+    """Check an IDX file's header against its size; return its item count, or raise
+    DataFileError naming the file and what is wrong with it."""
+    ndim = IDX_NDIM["labels" if "labels" in path.name else "images"]
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            header = handle.read(4 + 4 * ndim)
+    except OSError as err:
+        raise DataFileError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if len(header) < 4 + 4 * ndim or header[:3] != b"\x00\x00\x08" or header[3] != ndim:
+        raise DataFileError(f"{path}: not an IDX file of {ndim}-D unsigned bytes (header {header[:4].hex() or 'empty'}); "
+                            "delete it and the loader will prepare the file again")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    expected = 4 + 4 * ndim + math.prod(dims)
+    if size != expected:
+        raise DataFileError(f"{path}: {size} bytes, but its header {list(dims)} needs {expected} "
+                            f"({'truncated' if size < expected else 'extra bytes'}); delete it and the loader "
+                            "will prepare the file again")
+    if ndim == 3 and dims[1:] != (28, 28):
+        raise DataFileError(f"{path}: images of {dims[1]}x{dims[2]} pixels, but this dataset's are 28x28")
+    return dims[0]
+
+
+def check_idx_set(folder: Path) -> None:
+    """The four files of ``folder`` are sound and each split has as many labels as images."""
+    counts = {f: check_idx_file(folder / f) for f in IDX_FILES}
+    for split in ("train", "t10k"):
+        images, labels = counts[f"{split}-images-idx3-ubyte"], counts[f"{split}-labels-idx1-ubyte"]
+        if images != labels:
+            raise DataFileError(f"{folder / f'{split}-labels-idx1-ubyte'}: {labels} labels for {images} images in "
+                                f"{split}-images-idx3-ubyte; delete both and the loader will prepare them again")
+
+
+def _copy_idx_files(name: str, folders: list[Path], target: Path) -> Path | None:
+    """Decompress (or copy) IDX files found in one of ``folders`` into torchvision's layout;
+    return the folder they came from."""
     for folder in folders:
         for suffix in ("", ".gz"):
             sources = [folder / f"{f}{suffix}" for f in IDX_FILES]
             if not all(p.is_file() for p in sources):
                 continue
-            target.mkdir(parents=True, exist_ok=True)
-            for source, filename in zip(sources, IDX_FILES):
-                opener = gzip.open if suffix else open
-                tmp = target / f".{filename}.tmp"
-                with opener(source, "rb") as fin, open(tmp, "wb") as fout:
-                    shutil.copyfileobj(fin, fout)
-                os.replace(tmp, target / filename)
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+                for source, filename in zip(sources, IDX_FILES):
+                    _prepare_one(source, target / filename, gzipped=bool(suffix))
+            except PermissionError as err:
+                raise DataFileError(f"dataset.root: cannot write {target} ({err.strerror}); point dataset.root at a "
+                                    "writable folder (the IDX files are prepared there once)") from None
             log.info("prepared %s IDX files from %s in %s", name, folder, target)
-            return True
-    return False
+            return folder
+    return None
+
+
+def _prepare_one(source: Path, destination: Path, gzipped: bool) -> None:
+    """Decompress or copy ``source`` to ``destination`` through a temporary file of its own
+    (so jobs preparing the same root at once cannot collide), checked before it takes its
+    place and removed on any failure."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    try:
+        try:
+            with (gzip.open if gzipped else open)(source, "rb") as fin, os.fdopen(fd, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+            raise DataFileError(f"{source}: cannot be read as gzipped IDX ({type(err).__name__}: {err})") from None
+        _check_copy(Path(tmp), source)
+        os.replace(tmp, destination)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_copy(tmp: Path, source: Path) -> None:
+    """Check a freshly prepared file (its temporary name starts with the IDX name, which
+    tells images from labels) before it takes its place; a bad one names its source."""
+    try:
+        check_idx_file(tmp)
+    except DataFileError as err:
+        raise DataFileError(f"{source}: {str(err).split(': ', 1)[1]}") from None
 
 
 def ensure_idx_files(name: str, root: str | Path, download: bool) -> Path:
-    """Make sure ``<root>/<ClassName>/raw`` holds the four IDX files; return that folder.
+    """Make sure ``<root>/<ClassName>/raw`` holds the four IDX files, sound; return that folder.
 
     Looks in the raw folder itself (plain or .gz files put there by hand), then in the
-    system folders; downloads only if neither has them.
+    system folders; downloads only if neither has them. Files that are there but broken
+    stop the run with a line naming the file (and any good copy elsewhere on the machine),
+    rather than being read as garbage or silently replaced.
     """
     target = raw_folder(name, root)
+    systems = SYSTEM_DIRS.get(name, [])
     if _has_idx_files(target):
+        try:
+            check_idx_set(target)
+        except DataFileError as err:
+            good = [str(d) for d in systems if all((d / f"{f}.gz").is_file() or (d / f).is_file() for f in IDX_FILES)]
+            also = f" (good files of {name} are in {good[0]}: delete the broken one to use them)" if good else ""
+            raise DataFileError(f"{err}{also}") from None
         return target
-    if _copy_idx_files(name, [target, *SYSTEM_DIRS.get(name, [])], target):
+    source = _copy_idx_files(name, [target, *systems], target)
+    if source is not None:
+        check_idx_set(target)
+        if source != target:
+            log.info("%s: using the IDX files of %s", name, source)
         return target
-    looked = [str(target)] + [str(p) for p in SYSTEM_DIRS.get(name, [])]
+    looked = [str(target)] + [str(p) for p in systems]
     reason = "dataset.download=false"
     if download:
         try:

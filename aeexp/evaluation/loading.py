@@ -16,7 +16,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp.config import validate
-from aeexp.data.datasets import TORCHVISION_CLASSES, load_test_split
 from aeexp.registry import DATASETS
 from aeexp.training.files import CheckpointError, load_checkpoint
 from aeexp.training.run import build_model
@@ -38,12 +37,16 @@ class LoadedRun:
 
 @dataclass
 class EvalData:
-    """uint8 images (N, C, H, W) and labels; ``test_note`` says what "test" is."""
+    """uint8 images (N, C, H, W) and labels of the three splits; the notes say how the
+    validation and test splits were made. Training used train and validation only."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    val_note: str
     test_note: str
 
     @property
@@ -111,33 +114,20 @@ _DATA: dict[str, EvalData] = {}
 
 
 def load_data(cfg: DictConfig) -> EvalData:
-    """Training images (for PCA, probes, kNN) and the test split.
-
-    Torchvision sets: the official test split (the validation split when
-    ``dataset.val_fraction`` is 0, read again from disk otherwise). Synthetic and
-    image-folder sets have no test split of their own: their validation split is the test
-    split. Loaded sets are kept for the process, so a sweep reads each dataset once.
-    """
+    """The run's three splits, on the CPU: training images for PCA, probes and kNN, the
+    validation split that selected ``best.pt``, and the test split that nothing selected on.
+    Loaded sets are kept for the process, so a sweep reads each dataset once."""
     key = OmegaConf.to_yaml(cfg.dataset)
     if key in _DATA:
         return _DATA[key]
     splits = DATASETS.build(cfg.dataset)
-    name = cfg.dataset.get("name")
-    if name in TORCHVISION_CLASSES:
-        if cfg.dataset.val_fraction > 0:
-            test_images, test_labels = load_test_split(name, cfg.dataset.root, cfg.dataset.download)
-        else:
-            test_images, test_labels = splits.val_images, splits.val_labels
-        note = f"{name} official test split"
-    else:
-        test_images, test_labels = splits.val_images, splits.val_labels
-        note = f"{name or 'dataset'} validation split (it has no separate test split)"
-    if not isinstance(splits.train_images, torch.Tensor):
+    if not all(isinstance(t, torch.Tensor) for t in (splits.train_images, splits.val_images, splits.test_images)):
         raise RunDirError(
             "evaluation keeps the images in memory, but this run streamed them from disk "
             "(dataset.in_memory=false, or larger than dataset.memory_limit_mb)"
         )
-    data = EvalData(splits.train_images.cpu(), splits.train_labels.cpu().long(), test_images.cpu(),
-                    test_labels.cpu().long(), note)
+    data = EvalData(splits.train_images.cpu(), splits.train_labels.cpu().long(),
+                    splits.val_images.cpu(), splits.val_labels.cpu().long(),
+                    splits.test_images.cpu(), splits.test_labels.cpu().long(), splits.val_note, splits.test_note)
     _DATA[key] = data
     return data

@@ -9,6 +9,7 @@ outputs`` shows the evaluation as a run named ``<run>/eval``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -61,15 +62,25 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
     start = time.perf_counter()
     device = torch.device(device)
     s = settings
-    run = load_run(run_dir, device, dataset_root)
+    run = load_run(run_dir, device, dataset_root, trust_targets=s.trust_targets)
     model, cfg = run.model, run.cfg
     data: EvalData = load_data(cfg)
     data_key = OmegaConf.to_yaml(cfg.dataset)
     timer = Timer()
-    log.info("evaluating %s (best.pt from epoch %d) on the %s", run.run_dir, run.epoch, data.test_note)
+    monitor = _training_monitor(run.run_dir)
+    log.info("evaluating %s (best.pt from epoch %d, chosen by %s on validation: %s) on test: %s", run.run_dir,
+             run.epoch, monitor, data.val_note, data.test_note)
 
-    metrics: dict[str, Any] = {"run_dir": str(run.run_dir), "checkpoint_epoch": run.epoch, "test_split": data.test_note,
-                               "test_images": len(data.test_images), "train_images": len(data.train_images)}
+    metrics: dict[str, Any] = {
+        "run_dir": str(run.run_dir), "checkpoint_epoch": run.epoch,
+        "selected_on": f"validation ({data.val_note}): best.pt is the epoch with the lowest {monitor}",
+        "monitor": monitor, "val_split": data.val_note, "test_split": data.test_note,
+        "val_images": len(data.val_images), "test_images": len(data.test_images),
+        "train_images": len(data.train_images),
+    }
+    val_recon, _ = timer("val_reconstruction", lambda: reconstruction_metrics(
+        model, data.val_images, s.batch_size, device, s.progress, split="val"))
+    metrics.update(val_recon)
     recon, test_codes = timer("reconstruction", lambda: reconstruction_metrics(
         model, data.test_images, s.batch_size, device, s.progress))
     metrics.update(recon)
@@ -122,8 +133,18 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
     finally:
         writer.close()
     metrics["seconds"] = {**timer.seconds, "total": round(time.perf_counter() - start, 3)}
+    metrics["settings"] = OmegaConf.to_container(s, resolve=True)  # what these figures were measured with
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _training_monitor(run_dir: Path) -> str:
+    """What training's ``best.pt`` followed (``metrics.json``'s ``monitor``; ``val_mse`` before
+    trainer.monitor existed)."""
+    try:
+        return str(json.loads((run_dir / "metrics.json").read_text()).get("monitor", "val_mse"))
+    except (OSError, ValueError, AttributeError):
+        return "val_mse"
 
 
 def _pixels(images: torch.Tensor) -> torch.Tensor:
@@ -140,6 +161,8 @@ def _log_scalars(writer: SummaryWriter, metrics: dict[str, Any], step: int) -> N
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:.4f}" if 0.01 <= abs(value) < 1000 else f"{value:.3g}" if value else "0"
     return str(value)
@@ -149,15 +172,20 @@ def summary_table(metrics: dict[str, Any]) -> str:
     """A plain-text summary: each figure with its baseline beside it."""
     m = metrics
     lines = [
-        f"run {m['run_dir']}  (best.pt, epoch {m['checkpoint_epoch']}; test: {m['test_split']}, "
-        f"{m['test_images']} images)",
+        f"run {m['run_dir']}  (best.pt, epoch {m['checkpoint_epoch']})",
+        f"  selected on {m.get('selected_on', 'validation')}",
+        f"  test: {m['test_split']}, {m['test_images']} images (never used for selection)",
         "",
-        f"{'reconstruction':<22}{'model':>10}{'PCA':>10}{'ratio':>8}",
-        f"{'  MSE per pixel':<22}{_fmt(m['test_mse']):>10}{_fmt(m['pca_mse']):>10}{m['mse_vs_pca']:>8.3f}",
-        f"{'  SSE per image':<22}{m['test_sse_per_image']:>10.3f}{m['pca_sse_per_image']:>10.3f}",
-        f"{'  PSNR (dB)':<22}{m['test_psnr']:>10.2f}",
-        f"{'  FVU':<22}{m['test_fvu']:>10.4f}   (mean image: MSE {_fmt(m['mean_image_mse'])})",
-        f"{'code':<22}{m['code_size']:>10} features, L0 {m['test_l0']:.1f}, dead {m['dead_fraction']:.1%}",
+        f"{'reconstruction':<22}{'val':>10}{'test':>10}{'PCA test':>10}{'ratio':>8}",
+        f"{'  MSE per pixel':<22}{_fmt(m.get('val_mse')):>10}{_fmt(m['test_mse']):>10}{_fmt(m['pca_mse']):>10}"
+        f"{m['mse_vs_pca']:>8.3f}",
+        f"{'  SSE per image':<22}{_fmt(m.get('val_sse_per_image')):>10}{_fmt(m['test_sse_per_image']):>10}"
+        f"{_fmt(m['pca_sse_per_image']):>10}",
+        f"{'  PSNR (dB)':<22}{_fmt(m.get('val_psnr')):>10}{_fmt(m['test_psnr']):>10}",
+        f"{'  FVU':<22}{_fmt(m.get('val_fvu')):>10}{_fmt(m['test_fvu']):>10}   (test mean image: MSE "
+        f"{_fmt(m['mean_image_mse'])})",
+        f"{'code':<22}{m['code_size']:>10} features, test L0 {m['test_l0']:.1f} (val {m.get('val_l0', math.nan):.1f}), "
+        f"dead {m['dead_fraction']:.1%}",
         "",
         f"{'denoising':<22}{'denoised':>10}{'noisy in':>10}{'PSNR':>15}",
     ]
