@@ -6,6 +6,7 @@ A thin Hydra entry point: compose the config, hand it to aeexp, report. See READ
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from omegaconf import DictConfig
 
 import aeexp  # noqa: F401  (registers every built-in component)
 from aeexp.cli import USER_ERRORS
-from aeexp.sweeps import record_failure, spread_over_gpus
+from aeexp.sweeps import record_failure, record_refusal, spread_over_gpus, sweep_interrupted
+from aeexp.training.files import describe_os_error
 from aeexp.training.interrupts import TrainingInterrupted
 from aeexp.training.run import run_training
+from aeexp.training.run_dir import RunDirSnapshot, write_hydra_files
 
 log = logging.getLogger("train")
 
@@ -26,23 +29,47 @@ log = logging.getLogger("train")
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    snapshot = RunDirSnapshot(run_dir, f"{hydra_cfg.job.name}.log")
+    if multirun:
+        signum = sweep_interrupted(sweep_dir)
+        if signum:  # a signal ended the sweep: this job does not start
+            snapshot.restore()
+            log.warning("%s: not started, the sweep was interrupted", run_dir.name)
+            return math.nan
         spread_over_gpus(hydra_cfg.job.num)
+    started = False
+
+    def on_start() -> None:  # every check passed: the run is accepted
+        nonlocal started
+        started = True
+        write_hydra_files(run_dir, cfg, hydra_cfg)
+
     try:
-        metrics = run_training(cfg, Path(hydra_cfg.runtime.output_dir))
+        metrics = run_training(cfg, run_dir, on_start, lambda: sweep_interrupted(sweep_dir) if multirun else None)
     except TrainingInterrupted as err:
         log.error("%s", err)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # a preempted sweep stops; rerun it with trainer.resume=true
+        if multirun:
+            return math.nan  # the sweep was marked interrupted: it ends with 128 + the signal
         sys.exit(128 + err.signum)  # the shell's convention for "ended by signal N"
-    except USER_ERRORS as err:
-        log.error("%s", err)  # one line on the console and in train.log, no traceback
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            record_failure(Path(hydra_cfg.runtime.output_dir), err)
-            return float("nan")  # the other jobs go on; aeexp.sweeps.FailureReport lists this one
+    except USER_ERRORS + (OSError,) as err:
+        message = describe_os_error(err) if isinstance(err, OSError) and not isinstance(err, USER_ERRORS) else str(err)
+        if not started:
+            snapshot.detach_file_logs()  # the refusal goes to the console, not into the run's log
+        log.error("%s", message)  # one line, no traceback
+        if not started:
+            snapshot.restore()  # refused before training: the run directory is left as it was
+        if multirun:
+            if started:
+                record_failure(run_dir, err)
+            else:
+                record_refusal(sweep_dir, run_dir, message)
+            return math.nan  # the other jobs go on; aeexp.sweeps.FailureReport lists this one
         sys.exit(2)
-    log.info("run directory: %s (status %s, best %s %.6f)", hydra_cfg.runtime.output_dir,
-             metrics.get("status"), metrics.get("monitor", "val_mse"), metrics.get("best_score", float("nan")))
+    log.info("run directory: %s (status %s, best %s %.6f)", run_dir, metrics.get("status"),
+             metrics.get("monitor", "val_mse"), metrics.get("best_score", float("nan")))
     return metrics["best_score"]  # what a sweeper minimises: trainer.monitor's best value
 
 

@@ -69,3 +69,51 @@ def test_sigterm_to_train_py_saves_last_pt_and_exits_non_zero(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["partial_epoch"] is not None and state["partial_epoch"]["epoch"] == state["epoch"] + 1
+
+
+SWEEP = ["dataset=synthetic", "dataset.num_train=2048", "dataset.num_val=64", "trainer.batch_size=16",
+         "trainer.epochs=25", "device=cpu", "trainer.image_every=0", "trainer.num_threads=1", "model.latent_dim=4,8,12"]
+LAUNCHERS = {
+    "basic": [],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"],
+}
+
+
+def sweep_command(sweep_dir, launcher, *extra):
+    return [sys.executable, "train.py", "-m", *SWEEP, *LAUNCHERS[launcher], f"hydra.sweep.dir={sweep_dir}", *extra]
+
+
+def finals(sweep_dir):
+    """Each job's final figures, by folder name."""
+    return {p.parent.name: {k: json.loads(p.read_text()).get(k) for k in ("status", "epoch", "val_mse", "train_loss")}
+            for p in sweep_dir.glob("*/metrics.json")}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_sigterm_ends_a_sweep_cleanly_and_resume_finishes_it_as_if_uninterrupted(tmp_path, launcher):
+    straight = subprocess.run(sweep_command(tmp_path / "straight", launcher), cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen(sweep_command(stopped, launcher), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not list(stopped.glob("*/metrics.json")) and time.time() < deadline:
+        time.sleep(0.1)  # a job has finished its first epoch
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output and "sweep interrupted by SIGTERM" in output
+    partial = finals(stopped)
+    assert "interrupted" in {m["status"] for m in partial.values()}, partial
+    assert len(partial) < 3 or any((m["epoch"] or 0) < 25 for m in partial.values())  # the sweep did stop early
+    for job in stopped.iterdir():  # a job that had not started left no folder; a started one kept its place
+        if job.is_dir() and not job.name.startswith("."):  # (.submitit/ is the launcher's)
+            assert (job / "checkpoints" / "last.pt").exists() or (job / "metrics.json").exists(), job
+
+    resumed = subprocess.run(sweep_command(stopped, launcher, "trainer.resume=true"), cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert finals(stopped) == finals(tmp_path / "straight")

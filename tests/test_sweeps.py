@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, small_run
+from conftest import REPO, small_run, tiny_idx_set, write_idx_set
 
 from aeexp.training.files import CheckpointError
 from aeexp.training.run import run_training
@@ -44,8 +44,8 @@ def test_submitit_local_sweep_of_two_jobs(tmp_path):
 
 def test_rerun_sweep_skips_finished_jobs_and_resumes_the_others(tmp_path):
     sweep(tmp_path, "model.latent_dim=8,16", "trainer.epochs=2")
-    finished = next(tmp_path.glob("*latent_dim=8*"))
-    unfinished = next(tmp_path.glob("*latent_dim=16*"))
+    finished = next(tmp_path.glob("0-*latent_dim=8*"))
+    unfinished = next(tmp_path.glob("1-*latent_dim=16*"))
     kept = (finished / "checkpoints" / "last.pt").read_bytes()
     # Make the second job look interrupted after its first epoch.
     state = torch.load(unfinished / "checkpoints" / "last.pt", weights_only=True)
@@ -68,8 +68,45 @@ def test_a_failing_job_does_not_stop_the_others_and_is_listed(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in output
     done = statuses(tmp_path)
-    assert sorted(done.values()) == ["completed", "failed", "failed"]
+    # lr=1e6 trained and diverged (failed in its metrics.json); lr=-1 was refused before training,
+    # so it left no folder and is listed from the sweep's own record
+    assert sorted(done.values()) == ["completed", "failed"]
+    assert not list(tmp_path.glob("2-*"))
     assert "1 of 3 runs completed" in output and "diverged" in output and "optimizer.lr: got -1.0" in output
+    assert "refused: optimizer.lr: got -1.0" in output
+    assert not (tmp_path / ".aeexp-refused.jsonl").exists()
+
+
+def test_rerunning_a_finished_sweep_without_resume_refuses_each_job_and_changes_nothing(tmp_path):
+    sweep(tmp_path, "model.latent_dim=8,16")
+    before = snapshot(tmp_path)
+    result = sweep(tmp_path, "model.latent_dim=8,16", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    assert output.count("already holds a run") >= 2 and "0 of 2 runs completed" in output
+    after = snapshot(tmp_path)
+    after.pop("multirun.yaml"), before.pop("multirun.yaml")  # Hydra's record of the latest command
+    assert after == before  # every job's files byte-identical: completed stays completed
+    assert set(statuses(tmp_path).values()) == {"completed"}
+
+
+def test_jobs_differing_only_in_an_unnamed_key_get_their_own_folders(tmp_path):
+    data = tmp_path / "data"
+    for copy in ("a", "b"):
+        write_idx_set(data / copy / "FashionMNIST" / "raw", tiny_idx_set(num_train=40, num_test=10))
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", *[o for o in TINY if not o.startswith("dataset")], "dataset=fashion_mnist",
+         "dataset.val_size=8", "dataset.download=false", f"dataset.root={data}/a,{data}/b",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    folders = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert [f[:2] for f in folders] == ["0-", "1-"]  # numbered: dataset.root is left out of the names
+    assert folders[0][2:100] == folders[1][2:100] and "dataset.root" not in "".join(folders)
+    assert set(statuses(tmp_path / "sweep").values()) == {"completed"}
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_optuna_search_returns_the_metric_to_the_sweeper(tmp_path):

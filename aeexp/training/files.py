@@ -9,6 +9,7 @@ loading one cannot run code.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -54,7 +55,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
@@ -102,3 +106,19 @@ def _unreadable(path: Path, err: Exception) -> CheckpointError:
         f"checkpoint {path} cannot be read (truncated or corrupted?): {type(err).__name__}"
         + (f": {reason}" if reason else "")
     )
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a failed read or write: which file, what went wrong, what to do."""
+    path = err.filename or "a run file"
+    hints = {
+        errno.ENOSPC: "the disk is full: free space (the run's last complete epoch is in last.pt; continue with "
+                      "trainer.resume=true)",
+        errno.EDQUOT: "the disk quota is used up: free space, then continue with trainer.resume=true",
+        errno.EROFS: "the file system is read-only: choose a writable hydra.run.dir (or dataset.root)",
+        errno.EACCES: "permission denied: choose a folder you may write to (hydra.run.dir, dataset.root)",
+        errno.EPERM: "permission denied: choose a folder you may write to (hydra.run.dir, dataset.root)",
+        errno.ENOTDIR: "a file stands where a folder is needed: choose another hydra.run.dir",
+        errno.EEXIST: "a file stands where a folder is needed: choose another hydra.run.dir",
+    }
+    return f"cannot write or read {path}: {err.strerror or err}; {hints.get(err.errno, 'check the path and the disk')}"

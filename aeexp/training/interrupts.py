@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from types import FrameType
-from typing import Any
+from typing import Any, Callable
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -27,14 +28,26 @@ class TrainingInterrupted(RuntimeError):
 
 
 class InterruptWatch:
-    """Installs the handlers while active (``with InterruptWatch() as watch``)."""
+    """Installs the handlers while active (``with InterruptWatch() as watch``).
 
-    def __init__(self) -> None:
+    ``poll`` (at most once a second) asks whether a stop was requested elsewhere, and by
+    which signal: a sweep's jobs in worker processes learn this way that the sweep was
+    signalled, since the signal reached only the process that launched them.
+    """
+
+    def __init__(self, poll: Callable[[], int | None] | None = None, poll_seconds: float = 1.0) -> None:
         self.signum: int | None = None
+        self.external = False  # the stop came through ``poll``, not a signal to this process
         self._previous: dict[int, Any] = {}
+        self._poll, self._poll_seconds, self._polled = poll, poll_seconds, 0.0
 
     @property
     def requested(self) -> bool:
+        if self.signum is None and self._poll is not None and time.monotonic() - self._polled >= self._poll_seconds:
+            self._polled = time.monotonic()
+            signum = self._poll()
+            if signum:
+                self.signum, self.external = signum, True
         return self.signum is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -56,6 +69,8 @@ class InterruptWatch:
     def pass_on(self) -> None:
         """Give the signal to the handler that was there before ours, if it was a function
         (submitit's requeue); the default handlers are replaced by our own clean exit."""
+        if self.external:
+            return  # the launching process already knows
         previous = self._previous.get(self.signum) if self.signum is not None else None
         if callable(previous) and previous is not signal.default_int_handler:
             previous(self.signum, None)

@@ -10,15 +10,16 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig
 
-from aeexp.config import ConfigError, validate
+from aeexp.config import validate
 from aeexp.data.images import ImageSplits
 from aeexp.registry import DATASETS
 from aeexp.training.device import resolve_device
+from aeexp.training.run_dir import check_run_dir
 from aeexp.training.stages import build_model, plan_stages, stage_model  # noqa: F401  (build_model: imported from here)
 from aeexp.training.trainer import Trainer
 
@@ -48,11 +49,16 @@ def finished_metrics(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     return metrics if metrics.get("status") == "completed" and done else None
 
 
-def run_training(cfg: DictConfig, run_dir: Path | str) -> dict[str, Any]:
+def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], None] | None = None,
+                 stop_requested: Callable[[], int | None] | None = None) -> dict[str, Any]:
     """Train the run ``cfg`` describes in ``run_dir``; return its final metrics.
 
     Everything that can be checked without data is checked first, so a bad value fails
-    in a second and leaves nothing half-written.
+    in a second and leaves nothing half-written; ``on_start`` is called once every check
+    has passed, right before the first write into ``run_dir`` (``train.py`` writes
+    ``.hydra/`` there, so a refused command leaves an earlier run's record alone);
+    ``stop_requested`` tells a sweep's job that the sweep was signalled (see
+    :class:`aeexp.training.interrupts.InterruptWatch`).
     """
     cfg = validate(cfg)
     run_dir = Path(run_dir)
@@ -61,13 +67,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict[str, Any]:
         log.info("%s already completed %d epochs: skipping (trainer.resume=true)", run_dir, finished["epoch"])
         return finished
     device = resolve_device(cfg.device.name)
-    last = run_dir / "checkpoints" / "last.pt"
-    if last.exists() and not cfg.trainer.resume:
-        raise ConfigError(
-            "trainer.resume",
-            f"got False, but {run_dir} already holds checkpoints; pass trainer.resume=true to "
-            "continue that run, or choose a new hydra.run.dir (nothing was overwritten)",
-        )
+    check_run_dir(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     # Subnormal floats (frozen or freshly grown layers of layer-wise training produce them)
@@ -80,7 +80,9 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict[str, Any]:
              "evaluate.py); device %s", data.name or cfg.dataset.get("name"), len(data.train_images),
              len(data.val_images), data.shape, data.val_note, device)
     log.info("model: %d parameters\n%s", sum(p.numel() for p in model.parameters()), model)
-    trainer = Trainer(cfg, model, data.without_test(), run_dir, device)
+    trainer = Trainer(cfg, model, data.without_test(), run_dir, device, stop_requested)
     if cfg.trainer.resume:
         trainer.resume()
+    if on_start is not None:
+        on_start()
     return trainer.fit()

@@ -16,7 +16,7 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import save_image
 from tqdm import tqdm
 
+from aeexp.config import ConfigError
 from aeexp.data.images import ImageSplits, head, index_batches, num_batches, to_float
 from aeexp.models.layerwise import describe_layers
 from aeexp.registry import NOISE, OPTIMIZERS, SCHEDULERS
@@ -33,6 +34,7 @@ from aeexp.training.device import autocast, grad_scaler
 from aeexp.training.files import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from aeexp.training.interrupts import InterruptWatch, TrainingInterrupted
 from aeexp.training.optim import should_stop, step_scheduler
+from aeexp.training.resume_settings import compare_resume_settings
 from aeexp.training.pictures import code_image, dictionary_grid, latent_scatter, reconstruction_rows
 from aeexp.training.stages import Stage, plan_stages, stage_model
 from aeexp.training.tensorboard import write_hparams
@@ -52,6 +54,7 @@ class Trainer:
         data: ImageSplits,
         run_dir: Path,
         device: torch.device,
+        stop_requested: Callable[[], int | None] | None = None,
     ):
         self.cfg = cfg
         self.settings = cfg.trainer
@@ -70,8 +73,9 @@ class Trainer:
         # Where an interrupted epoch stopped: its number, batches done, the shuffle generator's
         # state before the epoch's permutation, and the running loss sums; None between epochs.
         self.partial_epoch: dict[str, Any] | None = None
-        self.interrupts = InterruptWatch()
+        self.interrupts = InterruptWatch(poll=stop_requested)
         self.metrics: dict[str, Any] = {}
+        self.recorded: dict[str, Any] = {}  # what metrics.json and the checkpoints on disk agree on
         # ``model`` is the first stage's (``stage_model``); later stages are built on the way.
         self.stages: list[Stage] = plan_stages(cfg)
         self._start_stage(0, model)
@@ -185,6 +189,7 @@ class Trainer:
         self.reference_loss = state.get("reference_loss")
         self.partial_epoch = state.get("partial_epoch")
         self.metrics = dict(state.get("metrics", {}))
+        self.recorded = dict(self.metrics)
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         if rng["cuda"] and torch.cuda.is_available():
@@ -201,11 +206,16 @@ class Trainer:
         """
         source = self.settings.resume_from
         path = self.checkpoint_dir / f"{source}.pt"
-        if not path.exists():
-            log.info("trainer.resume=true but %s does not exist: starting from scratch", path)
+        if not path.exists():  # run.check_run_dir allows this only in a directory without results
+            log.info("trainer.resume=true but %s does not exist (and the run directory holds no results): "
+                     "starting from scratch", path)
             return False
         try:
-            self.load_state_dict(load_checkpoint(path, map_location=self.device))
+            state = load_checkpoint(path, map_location=self.device)
+            changes = compare_resume_settings(state["config"], self.cfg, str(path))
+            self.load_state_dict(state)
+        except ConfigError:
+            raise  # settings the checkpoint's run cannot take: already one line naming the keys
         except CheckpointError as err:
             hint = " Continue from the best epoch with trainer.resume_from=best," if source == "last" else ""
             raise CheckpointError(f"{err}.{hint} or start afresh in a new hydra.run.dir.") from None
@@ -221,9 +231,22 @@ class Trainer:
             except CheckpointError:
                 last.rename(last.with_name("last.pt.damaged"))
                 log.warning("moved the unreadable %s aside to last.pt.damaged", last)
+        self._apply_resume_changes(changes)
         log.info("resumed from %s after epoch %d, epoch %d of stage %d (%s) (best %s %.6f)", path, self.epoch,
                  self.stage_epoch, self.stage_index + 1, self.stage.name, self.monitor, self.best_score)
         return True
+
+    def _apply_resume_changes(self, changes: dict[str, tuple[Any, Any]]) -> None:
+        """Settings changed on resume (only those compare_resume_settings allows): say so, and
+        put a new learning rate into the restored optimizer (and the scheduler's base)."""
+        for key, (old, new) in changes.items():
+            log.info("resume: %s changed from %r to %r", key, old, new)
+        if "optimizer.lr" in changes:
+            lr = float(changes["optimizer.lr"][1])
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+                self.scheduler.base_lrs = [lr for _ in self.scheduler.base_lrs]
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
@@ -255,8 +278,10 @@ class Trainer:
         except TrainingInterrupted:
             raise  # metrics.json already says interrupted; last.pt holds the point to resume from
         except BaseException as err:
-            # Record the failure without touching the checkpoints: best.pt stays valid.
-            self.metrics.update(status="failed", error=f"{type(err).__name__}: {err}")
+            # Record the failure without touching the checkpoints: best.pt stays valid, and the
+            # figures written are those of the last epoch whose files all reached the disk (so
+            # best_epoch / best_score agree with best.pt even when a write failed, e.g. a full disk).
+            self.metrics = {**self.recorded, "status": "failed", "error": f"{type(err).__name__}: {err}"}
             write_json(self.run_dir / "metrics.json", self.metrics)
             raise
         finally:
@@ -311,8 +336,11 @@ class Trainer:
         state = self.state_dict()
         if improved:
             save_checkpoint(self.checkpoint_dir / "best.pt", state)
+            # best.pt now holds this epoch: a failure before metrics.json is written must say so
+            self.recorded.update({k: self.metrics[k] for k in ("best_score", "best_val_mse", "best_epoch")})
         save_checkpoint(self.checkpoint_dir / "last.pt", state)
         write_json(self.run_dir / "metrics.json", self.metrics)
+        self.recorded = dict(self.metrics)
         self._log_epoch(writer, epoch, improved, val["firing_rate"])
 
     def train_epoch(self, epoch: int) -> dict[str, float]:

@@ -1,0 +1,64 @@
+"""Resuming with settings that differ from the checkpoint's: what may change, what may not.
+
+A resumed run must still be the run it was. Settings that only say how long to train, where
+the data lives or how to show progress may change (``trainer.epochs`` is how a run is
+extended); a new ``optimizer.lr`` is applied to the restored optimizer and logged. Anything
+that changes the model, the data, the objective or the order of batches would make the
+checkpoint's run and the resumed one different experiments under one name, so it is refused
+with the list of differing keys, before any file is touched.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from aeexp.config import ConfigError
+
+SAFE_TO_CHANGE = (
+    "trainer.epochs", "trainer.stages[*].epochs", "trainer.resume", "trainer.resume_from", "trainer.progress",
+    "trainer.num_threads", "trainer.image_every", "trainer.num_images", "trainer.val_batch_size",
+    "trainer.divergence_factor", "dataset.root", "dataset.download", "device.name", "device.compile", "optimizer.lr",
+)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": 1, "a.c[0].d": 2}`` from nested dicts and lists."""
+    if isinstance(node, dict):
+        items = {}
+        for key, value in node.items():
+            items.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return items or {prefix: {}}
+    if isinstance(node, list) and any(isinstance(v, (dict, list)) for v in node):
+        items = {}
+        for i, value in enumerate(node):
+            items.update(flatten(value, f"{prefix}[{i}]"))
+        return items or {prefix: []}
+    return {prefix: node}
+
+
+def _safe(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern.replace("[*]", "[[]*[]]")) for pattern in SAFE_TO_CHANGE)
+
+
+def compare_resume_settings(saved_yaml: str, cfg: DictConfig, source: str) -> dict[str, tuple[Any, Any]]:
+    """The settings that differ between the checkpoint's config and ``cfg`` and may change
+    ({key: (old, new)}); ConfigError listing the others if there are any."""
+    try:
+        saved = flatten(OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=True))
+    except Exception:  # an old or foreign checkpoint without a readable config: nothing to compare
+        return {}
+    current = flatten(OmegaConf.to_container(cfg, resolve=True))
+    differing = {k: (saved.get(k, "<absent>"), current.get(k, "<absent>"))
+                 for k in sorted(set(saved) | set(current)) if saved.get(k, "<absent>") != current.get(k, "<absent>")}
+    refused = {k: v for k, v in differing.items() if not _safe(k)}
+    if refused:
+        shown = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in list(refused.items())[:6])
+        more = f" (and {len(refused) - 6} more)" if len(refused) > 6 else ""
+        raise ConfigError("trainer.resume", f"{source} was written with other settings, which a resumed run cannot "
+                          f"change: {shown}{more}; resume with the run's own settings (see its .hydra/overrides.yaml), "
+                          f"or start a new run in a new hydra.run.dir. What may change on resume: "
+                          f"{', '.join(SAFE_TO_CHANGE)}")
+    return {k: v for k, v in differing.items() if k not in ("trainer.resume", "trainer.resume_from")}
