@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -16,12 +17,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import aeexp  # noqa: F401  (registers every built-in component)
-from aeexp.cli import USER_ERRORS
+from aeexp.cli import USER_ERRORS, preflight
 from aeexp.sweeps import record_failure, record_refusal, spread_over_gpus, sweep_interrupted
 from aeexp.training.files import describe_os_error
 from aeexp.training.interrupts import TrainingInterrupted
 from aeexp.training.run import run_training
-from aeexp.training.run_dir import RunDirSnapshot, write_hydra_files
+from aeexp.training.run_dir import RunDirSnapshot, check_run_dir_argument, write_hydra_files
 
 log = logging.getLogger("train")
 
@@ -74,4 +75,11 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # Mistakes Hydra would report in many lines (or not at all), said in one before it starts.
+    preflight(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    try:
+        check_run_dir_argument(sys.argv[1:])
+    except USER_ERRORS as err:
+        print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')},000][train][ERROR] - {err}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -11,11 +11,14 @@ with the list of differing keys, before any file is touched.
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp.config import ConfigError
+from aeexp.training.files import CheckpointError, load_checkpoint
 
 SAFE_TO_CHANGE = (
     "trainer.epochs", "trainer.stages[*].epochs", "trainer.resume", "trainer.resume_from", "trainer.progress",
@@ -62,3 +65,31 @@ def compare_resume_settings(saved_yaml: str, cfg: DictConfig, source: str) -> di
                           f"or start a new run in a new hydra.run.dir. What may change on resume: "
                           f"{', '.join(SAFE_TO_CHANGE)}")
     return {k: v for k, v in differing.items() if k not in ("trainer.resume", "trainer.resume_from")}
+
+
+@dataclass
+class ResumeCheckpoint:
+    """The checkpoint a resumed run continues from, read and checked before any work."""
+
+    path: Path
+    state: dict[str, Any]
+    changes: dict[str, tuple[Any, Any]]  # settings that differ from the checkpoint's and may
+
+
+def read_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> ResumeCheckpoint | None:
+    """``checkpoints/<trainer.resume_from>.pt`` of ``run_dir``, checked against ``cfg``
+    (None when there is none: :func:`aeexp.training.run_dir.check_run_dir` allowed that).
+
+    Read before the data loads, so a damaged file or settings the run cannot take cost a
+    second and one line; a damaged ``last.pt`` points at ``trainer.resume_from=best``.
+    """
+    source = cfg.trainer.resume_from
+    path = Path(run_dir) / "checkpoints" / f"{source}.pt"
+    if not path.exists():
+        return None
+    try:
+        state = load_checkpoint(path, map_location="cpu")
+    except CheckpointError as err:
+        hint = " Continue from the best epoch with trainer.resume_from=best," if source == "last" else ""
+        raise CheckpointError(f"{err}.{hint} or start afresh in a new hydra.run.dir.") from None
+    return ResumeCheckpoint(path, state, compare_resume_settings(state["config"], cfg, str(path)))

@@ -19,6 +19,7 @@ from aeexp.config import validate
 from aeexp.data.images import ImageSplits
 from aeexp.registry import DATASETS
 from aeexp.training.device import resolve_device
+from aeexp.training.resume_settings import read_resume_checkpoint
 from aeexp.training.run_dir import check_run_dir
 from aeexp.training.stages import build_model, plan_stages, stage_model  # noqa: F401  (build_model: imported from here)
 from aeexp.training.trainer import Trainer
@@ -68,6 +69,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
         return finished
     device = resolve_device(cfg.device.name)
     check_run_dir(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
+    checkpoint = read_resume_checkpoint(cfg, run_dir) if cfg.trainer.resume else None
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     # Subnormal floats (frozen or freshly grown layers of layer-wise training produce them)
@@ -82,7 +84,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
     log.info("model: %d parameters\n%s", sum(p.numel() for p in model.parameters()), model)
     trainer = Trainer(cfg, model, data.without_test(), run_dir, device, stop_requested)
     if cfg.trainer.resume:
-        trainer.resume()
+        trainer.resume(checkpoint)
     if on_start is not None:
         on_start()
     return trainer.fit()

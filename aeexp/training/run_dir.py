@@ -101,3 +101,12 @@ def write_hydra_files(run_dir: Path, task_cfg: DictConfig, hydra_cfg: Any) -> No
     write_text(folder / "config.yaml", OmegaConf.to_yaml(task_cfg))
     write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
     write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))))
+
+
+def check_run_dir_argument(argv: list[str]) -> None:
+    """Refuse (ConfigError) a ``hydra.run.dir`` / ``hydra.sweep.dir`` on the command line that
+    names an existing file: Hydra would fail creating the folder with a stack trace."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and Path(value).exists() and not Path(value).is_dir():
+            raise ConfigError(key, f"{value} is a file, not a directory; choose another {key} (nothing was changed)")

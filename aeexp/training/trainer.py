@@ -34,7 +34,7 @@ from aeexp.training.device import autocast, grad_scaler
 from aeexp.training.files import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from aeexp.training.interrupts import InterruptWatch, TrainingInterrupted
 from aeexp.training.optim import should_stop, step_scheduler
-from aeexp.training.resume_settings import compare_resume_settings
+from aeexp.training.resume_settings import ResumeCheckpoint
 from aeexp.training.pictures import code_image, dictionary_grid, latent_scatter, reconstruction_rows
 from aeexp.training.stages import Stage, plan_stages, stage_model
 from aeexp.training.tensorboard import write_hparams
@@ -197,28 +197,20 @@ class Trainer:
         self.shuffle_generator.set_state(rng["shuffle"].cpu())
         random.setstate((3, tuple(rng["python"]), None))
 
-    def resume(self) -> bool:
-        """Continue from ``checkpoints/<trainer.resume_from>.pt`` (``last`` by default) if
-        there is one; say whether there was.
+    def resume(self, checkpoint: ResumeCheckpoint | None) -> bool:
+        """Continue from a checkpoint read (and checked against this config) by
+        :func:`aeexp.training.resume_settings.read_resume_checkpoint`; say whether there was one.
 
-        A damaged ``last.pt`` stops the run with a message offering ``best.pt``; resuming from
-        ``best.pt`` moves the damaged file aside (``last.pt.damaged``) rather than losing it.
+        Resuming from ``best.pt`` moves a damaged ``last.pt`` aside (``last.pt.damaged``)
+        rather than losing it.
         """
-        source = self.settings.resume_from
-        path = self.checkpoint_dir / f"{source}.pt"
-        if not path.exists():  # run.check_run_dir allows this only in a directory without results
+        if checkpoint is None:  # run.check_run_dir allows this only in a directory without results
             log.info("trainer.resume=true but %s does not exist (and the run directory holds no results): "
-                     "starting from scratch", path)
+                     "starting from scratch", self.checkpoint_dir / f"{self.settings.resume_from}.pt")
             return False
+        path, source, changes = checkpoint.path, self.settings.resume_from, checkpoint.changes
         try:
-            state = load_checkpoint(path, map_location=self.device)
-            changes = compare_resume_settings(state["config"], self.cfg, str(path))
-            self.load_state_dict(state)
-        except ConfigError:
-            raise  # settings the checkpoint's run cannot take: already one line naming the keys
-        except CheckpointError as err:
-            hint = " Continue from the best epoch with trainer.resume_from=best," if source == "last" else ""
-            raise CheckpointError(f"{err}.{hint} or start afresh in a new hydra.run.dir.") from None
+            self.load_state_dict(checkpoint.state)
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(
                 f"{path} does not fit this config (it was written by a run with different settings: "
