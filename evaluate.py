@@ -15,8 +15,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import aeexp  # noqa: F401  (registers every built-in component)
-from aeexp.cli import USER_ERRORS
-from aeexp.config import ConfigError
+from aeexp.cli import USER_ERRORS, preflight
+from aeexp.config import ConfigError, DeviceConfig, check_node
 from aeexp.evaluation import (
     RunDirError, check_settings, compare_runs, evaluate_run, find_runs, is_run_dir, markdown_table,
     summary_table, write_comparison,
@@ -25,14 +25,23 @@ from aeexp.training.device import resolve_device
 
 log = logging.getLogger("evaluate")
 ERRORS = USER_ERRORS + (RunDirError,)
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+TOP_LEVEL_KEYS = ("run_dir", "dataset_root", "eval", "device")
 
 
 def evaluate(cfg: DictConfig) -> int:
     """Evaluate ``cfg.run_dir``; return the exit status."""
+    for key in cfg:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(str(key), f"unknown key; valid keys here: {', '.join(TOP_LEVEL_KEYS)}")
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise ConfigError("run_dir", "missing; usage: python evaluate.py run_dir=<run directory or multirun directory>")
+    if not _is_path(cfg.run_dir):
+        raise ConfigError("run_dir", f"got {cfg.run_dir!r}, allowed: the path of a run directory or a multirun directory")
+    if cfg.get("dataset_root") is not None and not _is_path(cfg.dataset_root):
+        raise ConfigError("dataset_root", f"got {cfg.dataset_root!r}, allowed: null (the run's dataset.root) or a folder path")
     settings = check_settings(cfg.eval)
-    device = resolve_device(cfg.device.name)
+    device = resolve_device(check_node("device", cfg.device, DeviceConfig)["name"])
     root = Path(str(cfg.run_dir))
 
     def one(run_dir: Path) -> dict:
@@ -50,6 +59,10 @@ def evaluate(cfg: DictConfig) -> int:
     return 0
 
 
+def _is_path(value) -> bool:
+    return isinstance(value, (str, int)) and not isinstance(value, bool) and bool(str(value).strip())
+
+
 @hydra.main(config_path="conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
@@ -61,4 +74,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight(sys.argv[1:], CONF_DIR, config_name="eval", logger="evaluate")  # Hydra's own refusals, in one line
     main()

@@ -50,6 +50,16 @@ def require_choice(key: str, value: Any, choices: list[str] | tuple[str, ...]) -
     require(value in choices, key, value, "one of " + ", ".join(map(str, choices)))
 
 
+SEED_MAX = 2**32 - 1
+
+
+def require_seed(key: str, value: Any) -> None:
+    """A seed every generator we feed accepts: torch.manual_seed, torch.Generator and
+    numpy/scikit-learn's random_state all take 0 to 2**32-1."""
+    require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX, key, value,
+            f"an integer in [0, {SEED_MAX}] (0 to 2**32-1, the range torch.manual_seed and numpy both accept)")
+
+
 @dataclass
 class NamedConfig:
     """Schema of a component that takes no parameters besides its name."""
@@ -104,6 +114,10 @@ class StageConfig:
                 "[all] alone (everything trains), or a list of new and/or layer paths")
 
 
+DEFAULT_MAX_PARAMETERS = 100_000_000
+"""``trainer.max_parameters``: larger models are refused before they are built (100 million
+fp32 parameters are 0.4 GB of weights, 1.6 GB with their gradients and Adam's moments)."""
+
 MONITORS = ("auto", "val_mse", "val_denoise_mse")
 """What ``best.pt`` and the plateau scheduler follow; ``auto`` is ``val_denoise_mse`` when
 noise is on and validated (a denoiser is judged on what it is trained for), else ``val_mse``."""
@@ -124,6 +138,7 @@ class TrainerConfig:
     divergence_factor: Optional[float] = 1000.0
     monitor: str = "auto"
     stages: list[StageConfig] = field(default_factory=list)
+    max_parameters: Optional[int] = DEFAULT_MAX_PARAMETERS
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
@@ -145,6 +160,8 @@ class TrainerConfig:
             self.divergence_factor is None or self.divergence_factor > 1,
             "divergence_factor", self.divergence_factor, "null (only non-finite losses stop) or a factor > 1",
         )
+        require(self.max_parameters is None or self.max_parameters >= 1, "max_parameters", self.max_parameters,
+                "null (no limit) or an integer >= 1 (models with more parameters are refused before they are built)")
 
 
 REGISTRY_GROUPS: dict[str, Registry] = {
@@ -180,7 +197,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             valid = sorted(set(REGISTRY_GROUPS) | set(FIXED_GROUPS) | TOP_LEVEL_KEYS)
             raise ConfigError(str(key), f"unknown top-level key; valid keys: {', '.join(valid)}")
     seed = cfg.get("seed", 0)
-    require(isinstance(seed, int) and not isinstance(seed, bool), "seed", seed, "an integer")
+    require_seed("seed", seed)
     out["seed"] = seed
     for group, registry in REGISTRY_GROUPS.items():
         node = _group_node(cfg, group)
@@ -191,6 +208,19 @@ def validate(cfg: DictConfig) -> DictConfig:
     for rule in CROSS_CHECKS:
         rule(out)
     return OmegaConf.create(out)
+
+
+@cross_check
+def check_group_seeds(cfg: dict[str, Any]) -> None:
+    """Seeds inside groups (``dataset.split_seed``, ``dataset.seed``, ``noise.val_seed``) are
+    handed to torch generators: they need the same range as ``seed``."""
+    for group in REGISTRY_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, dict) or "_target_" in node:
+            continue
+        for key, value in node.items():
+            if isinstance(key, str) and key.endswith("seed") and value is not None:
+                require_seed(f"{group}.{key}", value)
 
 
 def _group_node(cfg: DictConfig, group: str) -> DictConfig:

@@ -28,6 +28,7 @@ from aeexp.evaluation.loading import EvalData, load_data, load_run
 from aeexp.evaluation.probes import knn_accuracy, probe_accuracy
 from aeexp.evaluation.reconstruction import encode_all, reconstruction_metrics
 from aeexp.evaluation.semi_supervised import semi_supervised
+from aeexp.evaluation.settings import check_against_data
 from aeexp.training.files import write_json
 from aeexp.training.run import build_model
 
@@ -65,6 +66,7 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
     run = load_run(run_dir, device, dataset_root, trust_targets=s.trust_targets)
     model, cfg = run.model, run.cfg
     data: EvalData = load_data(cfg)
+    check_against_data(s, data.train_labels, data.test_labels)  # eval.knn_k etc. against this data, before any measure
     data_key = OmegaConf.to_yaml(cfg.dataset)
     timer = Timer()
     monitor = _training_monitor(run.run_dir)

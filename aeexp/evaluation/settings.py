@@ -8,11 +8,12 @@ one line naming the key, as ``train.py`` does for training configs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
+import torch
 from omegaconf import DictConfig
 
-from aeexp.config import check_node, require
+from aeexp.config import ConfigError, check_node, require, require_seed
 
 
 @dataclass
@@ -57,6 +58,7 @@ class EvalSettings:
             require(getattr(self, key) >= 0, key, getattr(self, key), "a number >= 0")
         for key in ("head_lr", "finetune_lr"):
             require(getattr(self, key) > 0, key, getattr(self, key), "a learning rate > 0")
+        require_seed("seed", self.seed)
 
 
 def check_settings(node: DictConfig | dict) -> DictConfig:
@@ -64,3 +66,24 @@ def check_settings(node: DictConfig | dict) -> DictConfig:
     from omegaconf import OmegaConf
 
     return OmegaConf.create(check_node("eval", node, EvalSettings))
+
+
+def check_against_data(settings: Any, train_labels: torch.Tensor, test_labels: torch.Tensor) -> None:
+    """The settings that depend on the run's data, checked once it is loaded and before any
+    measure: ConfigError (``eval.<key>``) naming the value and the range this data allows."""
+    n = len(train_labels)
+    classes, counts = torch.unique(train_labels, return_counts=True)
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1 if n else 0
+    if settings.knn_k >= n:
+        raise ConfigError("eval.knn_k", f"got {settings.knn_k}, allowed: 1 to {max(n - 1, 1)} (fewer neighbours "
+                          f"than the {n} training images of this run's data)")
+    size = settings.probe_train_size
+    if size is not None and size < num_classes:
+        raise ConfigError("eval.probe_train_size", f"got {size}, allowed: null (all {n} training images) or an "
+                          f"integer >= {num_classes} (at least one image per class; the labels have {num_classes})")
+    smallest = int(counts.min()) if n else 0
+    rare = int(classes[counts.argmin()]) if n else None
+    for i, per_class in enumerate(settings.labels_per_class):
+        if per_class > smallest:
+            raise ConfigError(f"eval.labels_per_class[{i}]", f"got {per_class}, allowed: 1 to {smallest} (the "
+                              f"smallest class of the training split, class {rare}, has {smallest} images)")
