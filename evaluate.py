@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import aeexp  # noqa: F401  (registers every built-in component)
 from aeexp.cli import USER_ERRORS, preflight
-from aeexp.config import ConfigError, DeviceConfig, check_node
+from aeexp.config import ConfigError, DeviceConfig, check_node, check_resolvable
 from aeexp.evaluation import (
     RunDirError, check_settings, compare_runs, evaluate_run, find_runs, is_run_dir, markdown_table,
     summary_table, write_comparison,
@@ -31,6 +31,7 @@ TOP_LEVEL_KEYS = ("run_dir", "dataset_root", "eval", "device")
 
 def evaluate(cfg: DictConfig) -> int:
     """Evaluate ``cfg.run_dir``; return the exit status."""
+    check_resolvable(cfg)  # a ${...} that does not resolve: one line naming its key
     for key in cfg:
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(str(key), f"unknown key; valid keys here: {', '.join(TOP_LEVEL_KEYS)}")

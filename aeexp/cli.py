@@ -126,17 +126,23 @@ def preflight(argv: Sequence[str], conf_dir: Path | str, config_name: str = "con
 
 # ------------------------------------------------------------------------ parsing
 def _parse_args(argv: list[str]):
+    """Hydra's own argument parser; its refusals (``--cfg nosuch``) as one ConfigError."""
     from hydra._internal.utils import get_args_parser
 
     parser = get_args_parser()
 
     def refuse(message: str) -> None:
-        raise ValueError(message)
+        raise ConfigError("", message)
 
     parser.error = refuse  # type: ignore[method-assign]
     try:
         return parser.parse_known_args(argv)
-    except (ValueError, SystemExit):
+    except ConfigError as err:
+        match = re.match(r"argument ([^/:]+)(?:/[^:]*)?: (.*)", err.message)
+        if match:
+            raise ConfigError(match.group(1), match.group(2) + " (python <script> --help lists the options)") from None
+        raise ConfigError("", f"{err.message} (python <script> --help lists the options)") from None
+    except SystemExit:
         return None, []
 
 
@@ -401,6 +407,8 @@ def _check_group_key(o, group: str, field: str, choices: dict[str, Optional[list
         key = f"{group}.{field}"
         raise ConfigError(key, f"already set (in {config.display(known[0][1])}); allowed: {key}={_assignment(o)} "
                           f"(no +) to change it, or ++{key}=... to add or change")
+    if kind == "change" and in_yaml and _is_whole_field(o, group, field):
+        _check_container_kind(o, f"{group}.{field}", [k[2].get(field) for k in known], config.display(known[0][1]))
     if kind in ("change", "delete") and not any(field in k[2].keys() for k in known):
         by_globals = _set_by_globals(group, field, config, choices)
         if by_globals is None or by_globals:
@@ -410,6 +418,24 @@ def _check_group_key(o, group: str, field: str, choices: dict[str, Optional[list
             raise ConfigError(key, f"not set in {config.display(known[0][1])}, so there is nothing to delete")
         raise ConfigError(key, f"a valid key that {config.display(known[0][1])} does not set; allowed: "
                           f"++{key}={_assignment(o)} (adds it, or changes it where it is set)")
+
+
+def _is_whole_field(o, group: str, field: str) -> bool:
+    return o.key_or_group == f"{group}.{field}"
+
+
+def _check_container_kind(o, key: str, current: list, where: str) -> None:
+    """A list cannot be replaced by a mapping, nor a mapping by a list (Hydra: "Cannot merge")."""
+    from omegaconf import DictConfig, ListConfig
+
+    value = _values(o)
+    if value is None or len(value) != 1:
+        return
+    value = value[0]
+    if all(isinstance(c, ListConfig) for c in current) and isinstance(value, dict):
+        raise ConfigError(key, f"got {value!r}, allowed: a list, as in {where} (e.g. {key}=[...])")
+    if all(isinstance(c, DictConfig) for c in current) and isinstance(value, list):
+        raise ConfigError(key, f"got {value!r}, allowed: a mapping of keys, as in {where} (e.g. {key}={{...}})")
 
 
 def _check_top_level(key: str, kind: str, config: _Configs) -> None:

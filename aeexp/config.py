@@ -154,7 +154,7 @@ class TrainerConfig:
         require(1 <= self.num_images <= 64, "num_images", self.num_images, "an integer in [1, 64]")
         require(
             self.num_threads is None or self.num_threads >= 1,
-            "num_threads", self.num_threads, "null (torch's default) or an integer >= 1",
+            "num_threads", self.num_threads, "null (auto: one per core, see aeexp/threads.py) or an integer >= 1",
         )
         require(
             self.divergence_factor is None or self.divergence_factor > 1,
@@ -192,6 +192,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     Raises ConfigError (naming key, value and the valid choices) on the first problem.
     """
     out: dict[str, Any] = {}
+    check_resolvable(cfg)
     for key in cfg:
         if key not in REGISTRY_GROUPS and key not in FIXED_GROUPS and key not in TOP_LEVEL_KEYS:
             valid = sorted(set(REGISTRY_GROUPS) | set(FIXED_GROUPS) | TOP_LEVEL_KEYS)
@@ -223,6 +224,18 @@ def check_group_seeds(cfg: dict[str, Any]) -> None:
                 require_seed(f"{group}.{key}", value)
 
 
+def check_resolvable(cfg: Any, prefix: str = "") -> None:
+    """Every ``${...}`` interpolation resolves, else a ConfigError naming its key."""
+    if not isinstance(cfg, (DictConfig, ListConfig)):
+        return
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        key = f"{prefix}.{key}" if prefix and key else prefix or key
+        raise ConfigError(key, f"cannot be resolved ({str(err).strip().splitlines()[0]})") from None
+
+
 def _group_node(cfg: DictConfig, group: str) -> DictConfig:
     node = cfg.get(group)
     if not isinstance(node, DictConfig):
@@ -247,6 +260,10 @@ def check_registry_node(group: str, node: DictConfig, registry: Registry) -> Any
 
 def check_node(prefix: str, node: Any, schema: type) -> dict[str, Any]:
     """Merge ``node`` into ``schema``; return the checked values as plain containers."""
+    if not isinstance(node, (dict, DictConfig)) and not is_dataclass(node):
+        valid = ", ".join(f.name for f in fields(schema))
+        raise ConfigError(prefix, f"got {_plain(node)!r}, allowed: a mapping of keys ({valid})")
+    check_resolvable(node, prefix)
     _check_list_items(prefix, node, schema)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
@@ -280,6 +297,10 @@ def _check_list_items(prefix: str, node: Any, schema: type) -> None:
             continue
         for i, item in enumerate(items):
             check_node(f"{prefix}.{name}[{i}]", item, item_type)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def _full_key(prefix: str, err: OmegaConfBaseException) -> str:
