@@ -35,7 +35,6 @@ from cli_runner import REPO, run_cli, run_many
 from conftest import idx_bytes, tiny_idx_set, write_idx_set
 from test_trust import BEST, PICKLES, YAML_TAGS, copy_payload, stored_config, write_config, write_config_text
 
-CONF_DIR = REPO / "conf"
 RAW = Path("data") / "FashionMNIST" / "raw"
 TRAIN_IMAGES = RAW / "train-images-idx3-ubyte"
 TRAIN_LABELS = RAW / "train-labels-idx1-ubyte"
@@ -326,7 +325,7 @@ CASES: list[Case] = [
     T("+model.latent_dim exists", ["+model.latent_dim=3"], "model.latent_dim: already set"),
     T("~model.nosuch", ["~model.nosuch"], "model.nosuch: unknown key"),
     T("seed.x", ["seed.x=3"], "seed is a single value"),
-    T("trainer.max_parameters without ++", ["trainer.max_parameters=5"], "++trainer.max_parameters=5"),
+    T("trainer.max_parameters without ++", ["trainer.max_parameters=5"], "trainer.max_parameters=5"),
     T("trainer.stages[0].foo", ["trainer.stages=[{foo: 1}]"], "trainer.stages[0].foo: unknown key"),
     # -- the command line itself
     T("sweep without -m", ["model.latent_dim=1,2"], "model.latent_dim: got '1,2': several values sweep only with -m"),
@@ -549,11 +548,6 @@ def test_the_battery_is_large_and_ids_are_unique():
     assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
 
 
-def train_py_checks_its_command_line() -> bool:
-    text = (REPO / "train.py").read_text()
-    return "check_command_line" in text or "preflight" in text
-
-
 @dataclass
 class Result:
     site: Path
@@ -569,21 +563,13 @@ def results(request, template: Path, tmp_path_factory) -> dict[str, Result]:
                 if getattr(item, "originalname", "") == "test_bad_input_is_one_line" and hasattr(item, "callspec")]
     selected = [case for case in selected if not case.skip]
     root = tmp_path_factory.mktemp("cases")
-    preflight_train = not train_py_checks_its_command_line()
     prepared, calls = [], []
     for i, case in enumerate(selected):
         site = Path(shutil.copytree(template, root / f"{i:03d}", symlinks=True))
         if case.setup is not None:
             case.setup(site)
         prepared.append((case, site, snapshot(site)))
-        before = None
-        if case.script == "train.py" and preflight_train:
-            # Until train.py calls aeexp.cli.check_command_line itself, do what it will do.
-            from aeexp.cli import preflight
-
-            before = (lambda args: lambda: preflight(args, CONF_DIR))(list(case.args))
-        calls.append(dict(script=case.script, args=list(case.args), cwd=site, timeout=60, before=before,
-                          env=case.env))
+        calls.append(dict(script=case.script, args=list(case.args), cwd=site, timeout=60, env=case.env))
     outcomes = run_many(calls)
     return {case.id: Result(site, snap, code, output)
             for (case, site, snap), (code, output) in zip(prepared, outcomes)}
