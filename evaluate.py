@@ -75,5 +75,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    preflight(sys.argv[1:], CONF_DIR, config_name="eval", logger="evaluate")  # Hydra's own refusals, in one line
+    preflight(sys.argv[1:], CONF_DIR, config_name="eval", logger=None)  # Hydra's own refusals, in one line
     main()

@@ -111,15 +111,17 @@ def check_command_line(argv: Sequence[str], conf_dir: Path | str, config_name: s
             _check_node_key(o, head, field, config)
 
 
-def preflight(argv: Sequence[str], conf_dir: Path | str, config_name: str = "config", logger: str = "train") -> None:
-    """:func:`check_command_line`, and on a ConfigError its one line on stderr (formatted as
-    the script's Hydra log lines are) and exit status 2; for entry points to call before
-    their ``@hydra.main`` function."""
+def preflight(argv: Sequence[str], conf_dir: Path | str, config_name: str = "config",
+              logger: Optional[str] = "train") -> None:
+    """:func:`check_command_line`, and on a ConfigError its one line on stderr and exit status
+    2; for entry points to call before their ``@hydra.main`` function. ``logger``: the name
+    in the line's ``[time][name][ERROR] - `` prefix, as the script's Hydra log lines have
+    it (None: the message alone, as ``evaluate.py``'s console logging prints it)."""
     try:
         check_command_line(argv, conf_dir, config_name)
     except ConfigError as err:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        print(f"[{stamp},000][{logger}][ERROR] - {err}", file=sys.stderr, flush=True)
+        print(f"[{stamp},000][{logger}][ERROR] - {err}" if logger else str(err), file=sys.stderr, flush=True)
         logging.shutdown()
         sys.exit(2)
 
