@@ -160,3 +160,13 @@ def test_resume_settings_refusal_is_a_config_error(tmp_path):
     run_training(small_run("trainer.epochs=1", "trainer.image_every=0"), tmp_path)
     with pytest.raises(ConfigError, match="sparsity.name: 'none' in the checkpoint, 'l1' now"):
         run_training(small_run("trainer.epochs=2", "trainer.resume=true", "sparsity=l1"), tmp_path)
+
+
+def test_a_run_dir_that_cannot_be_created_is_one_line_and_leaves_nothing(tmp_path):
+    code, output = run_cli("train.py", [*TINY, "hydra.run.dir=/proc/aeexp/run"], tmp_path)
+    assert code == 2 and "Traceback" not in output, output
+    assert [line for line in output.splitlines() if line.strip()] == [output.strip()]
+    assert "hydra.run.dir: /proc/aeexp/run cannot be created" in output
+    made = tmp_path / "a" / "b" / "run"
+    code, output = run_cli("train.py", [*TINY, f"hydra.run.dir={made}", "trainer.epochs=0"], tmp_path)
+    assert code == 2 and not made.exists()  # no run folder left behind

@@ -108,5 +108,17 @@ def check_run_dir_argument(argv: list[str]) -> None:
     names an existing file: Hydra would fail creating the folder with a stack trace."""
     for arg in argv:
         key, _, value = arg.lstrip("+").partition("=")
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and Path(value).exists() and not Path(value).is_dir():
+        if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+            continue
+        path = Path(value)
+        if path.exists() and not path.is_dir():
             raise ConfigError(key, f"{value} is a file, not a directory; choose another {key} (nothing was changed)")
+        if not path.exists():  # can it be made? (Hydra would fail with a stack trace) Try, then undo.
+            missing = [p for p in (path, *path.parents) if not p.exists()]
+            try:
+                path.mkdir(parents=True)
+            except OSError as err:
+                raise ConfigError(key, f"{value} cannot be created ({err.strerror or err}); choose a folder you "
+                                  "may write to (nothing was changed)") from None
+            for folder in missing:  # deepest first
+                folder.rmdir()
