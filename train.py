@@ -71,7 +71,8 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     log.info("run directory: %s (status %s, best %s %.6f)", run_dir, metrics.get("status"),
              metrics.get("monitor", "val_mse"), metrics.get("best_score", float("nan")))
-    return metrics["best_score"]  # what a sweeper minimises: trainer.monitor's best value
+    # What a sweeper minimises: optimized_metric, by default trainer.monitor's best value.
+    return float(metrics.get(cfg.get("optimized_metric") or "best_score", math.nan))
 
 
 if __name__ == "__main__":

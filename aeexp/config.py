@@ -139,11 +139,17 @@ class TrainerConfig:
     monitor: str = "auto"
     stages: list[StageConfig] = field(default_factory=list)
     max_parameters: Optional[int] = DEFAULT_MAX_PARAMETERS
+    limit_train_batches: Optional[int] = None
+    limit_val_batches: Optional[int] = None
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         require(self.val_batch_size >= 1, "val_batch_size", self.val_batch_size, "an integer >= 1")
+        for key in ("limit_train_batches", "limit_val_batches"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, key, value,
+                    "null (every batch) or an integer >= 1 (that many batches of the split's first images)")
         require(
             self.grad_clip is None or self.grad_clip > 0,
             "grad_clip", self.grad_clip, "null (no clipping) or a max gradient norm > 0",
@@ -173,7 +179,12 @@ REGISTRY_GROUPS: dict[str, Registry] = {
     "scheduler": SCHEDULERS,
 }
 FIXED_GROUPS: dict[str, type] = {"device": DeviceConfig, "trainer": TrainerConfig}
-TOP_LEVEL_KEYS = {"seed"}
+TOP_LEVEL_KEYS = {"seed", "tags", "optimized_metric"}
+
+OPTIMIZED_METRICS = ("best_score", "best_val_mse", "val_mse", "val_denoise_mse", "train_loss", "train_mse", "val_l0",
+                     "dead_fraction", "val_mean_activation")
+"""What ``optimized_metric`` may name: figures of ``metrics.json`` from training and validation
+(never test). ``null``: ``best_score``, the best value of ``trainer.monitor``."""
 
 # Rules that span groups (e.g. KL sparsity needs a bounded code); each takes the checked
 # config as a dict of groups, may fill in derived values, and raises ConfigError.
@@ -200,6 +211,15 @@ def validate(cfg: DictConfig) -> DictConfig:
     seed = cfg.get("seed", 0)
     require_seed("seed", seed)
     out["seed"] = seed
+    tags = cfg.get("tags", [])
+    tags = list(tags) if isinstance(tags, (ListConfig, list, tuple)) else tags
+    require(isinstance(tags, list) and all(isinstance(t, (str, int, float)) for t in tags), "tags", tags,
+            "a list of short labels, e.g. tags=[baseline,fmnist]")
+    out["tags"] = [str(t) for t in tags]
+    metric = cfg.get("optimized_metric")
+    require(metric is None or metric in OPTIMIZED_METRICS, "optimized_metric", metric,
+            "null (the best value of trainer.monitor) or one of " + ", ".join(OPTIMIZED_METRICS))
+    out["optimized_metric"] = metric
     for group, registry in REGISTRY_GROUPS.items():
         node = _group_node(cfg, group)
         out[group] = check_registry_node(group, node, registry)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 
 class _Order(Sampler):
@@ -109,6 +109,22 @@ class ImageSplits:
         if isinstance(self.train_images, StreamedImages):
             return self.train_images.shape
         return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+
+    def limited(self, train_images: int | None, val_images: int | None) -> "ImageSplits":
+        """The first ``train_images`` / ``val_images`` images of each split (None: all): the
+        same few batches every epoch, for debugging and overfitting checks."""
+
+        def first(images, labels, n):
+            if n is None or n >= len(images):
+                return images, labels
+            if isinstance(images, StreamedImages):
+                return StreamedImages(Subset(images.dataset, range(n)), images.shape, images.num_workers,
+                                      images.device), labels[:n]
+            return images[:n], labels[:n]
+
+        train_x, train_y = first(self.train_images, self.train_labels, train_images)
+        val_x, val_y = first(self.val_images, self.val_labels, val_images)
+        return replace(self, train_images=train_x, train_labels=train_y, val_images=val_x, val_labels=val_y)
 
     def to(self, device: torch.device | str) -> "ImageSplits":
         """Train and validation on ``device``; the test split, if any, stays where it is."""

@@ -19,6 +19,8 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             flat[name] = "null"
         elif isinstance(value, (bool, int, float, str)):
             flat[name] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+            flat[name] = ",".join(map(str, value))  # tags: one comparable string
         else:
             flat[name] = str(value)
     return flat

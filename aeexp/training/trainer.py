@@ -320,6 +320,7 @@ class Trainer:
             "epoch_seconds": epoch_seconds,
             "train_seconds": train_seconds,
             "samples_per_second": len(self.data.train_images) / train_seconds,
+            "tags": list(self.cfg.get("tags") or []),
             "status": "running",
         }
         if should_stop(self.scheduler):
