@@ -21,7 +21,7 @@ from aeexp.evaluation import (
     RunDirError, check_settings, compare_runs, evaluate_run, find_runs, is_run_dir, markdown_table,
     summary_table, write_comparison,
 )
-from aeexp.training.device import resolve_device
+from aeexp.device import resolve_device
 
 log = logging.getLogger("evaluate")
 ERRORS = USER_ERRORS + (RunDirError,)

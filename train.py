@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 import aeexp  # noqa: F401  (registers every built-in component)
 from aeexp.cli import USER_ERRORS, preflight
 from aeexp.sweeps import record_failure, record_refusal, spread_over_gpus, sweep_interrupted
-from aeexp.training.files import describe_os_error
+from aeexp.checkpoints import describe_os_error
 from aeexp.training.interrupts import TrainingInterrupted
 from aeexp.training.run import run_training
 from aeexp.training.run_dir import RunDirSnapshot, check_run_dir_argument, write_hydra_files

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Optional, Sequence
 from aeexp.config import FIXED_GROUPS, REGISTRY_GROUPS, ConfigError, NamedConfig
 from aeexp.data.datasets import DataNotFoundError
 from aeexp.registry import RegistryError
-from aeexp.training.files import CheckpointError
+from aeexp.checkpoints import CheckpointError
 
 # Raised for bad input; entry points print these as one line instead of a traceback.
 USER_ERRORS = (ConfigError, RegistryError, DataNotFoundError, CheckpointError, FloatingPointError)

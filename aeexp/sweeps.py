@@ -30,7 +30,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp.training.files import write_json
+from aeexp.checkpoints import write_json
 from aeexp.training.interrupts import SIGNALS
 
 log = logging.getLogger(__name__)

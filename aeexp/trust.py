@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from aeexp.training.files import CheckpointError
+from aeexp.checkpoints import CheckpointError
 
 log = logging.getLogger(__name__)
 

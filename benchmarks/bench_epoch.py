@@ -38,8 +38,9 @@ from torchvision.transforms import v2 as transforms
 
 from aeexp.config import validate
 from aeexp.data.datasets import TORCHVISION_CLASSES, ensure_idx_files
-from aeexp.training.device import resolve_device
-from aeexp.training.run import build_model, load_data, seed_everything
+from aeexp.device import resolve_device
+from aeexp.models.factory import build_model
+from aeexp.training.run import load_data, seed_everything
 from aeexp.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,8 +26,9 @@ from bench_epoch import REPO, clock
 from hydra import compose, initialize_config_dir
 
 from aeexp.config import validate
-from aeexp.training.device import resolve_device
-from aeexp.training.run import build_model, load_data, seed_everything
+from aeexp.device import resolve_device
+from aeexp.models.factory import build_model
+from aeexp.training.run import load_data, seed_everything
 from aeexp.training.trainer import Trainer
 
 # group -> label -> overrides; the first variant of a group is its baseline. AuxK (on by

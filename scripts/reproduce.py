@@ -48,8 +48,8 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 import aeexp  # noqa: E402,F401  (registers every built-in component)
 from aeexp.cli import USER_ERRORS  # noqa: E402
 from aeexp.evaluation import RunDirError, check_settings, evaluate_run, load_run  # noqa: E402
-from aeexp.training.device import resolve_device  # noqa: E402
-from aeexp.training.run import run_training  # noqa: E402
+from aeexp.device import resolve_device  # noqa: E402
+from aeexp.training.run import run_training
 
 log = logging.getLogger("reproduce")
 CONF_DIR = REPO / "conf"
@@ -445,7 +445,7 @@ def write_report(results: dict[str, dict], args: argparse.Namespace, seconds: fl
         if "error" in r:
             lines.append(f"| `{name}` | failed: {r['error']} ||||||||||")
             continue
-        e, t = r["eval"], r["train"]
+        e = r["eval"]
         lines.append(f"| `{name}` | {_f(e.get('val_mse'), '.5f')} | {e['test_mse']:.5f} | {e['test_sse_per_image']:.2f} | {e['test_psnr']:.2f} | "
                      f"{e['mse_vs_pca']:.3f} | {e['test_l0']:.1f} | {e['dead_fraction']:.3f} | "
                      f"{e['probe_accuracy']:.4f} | {e['knn_accuracy']:.4f} | {_f(r.get('epoch_seconds'), '.2f')} |")

@@ -31,7 +31,7 @@ import torch
 import yaml
 from PIL import Image
 
-from cli_runner import REPO, run_cli, run_many
+from cli_runner import run_cli, run_many
 from conftest import idx_bytes, tiny_idx_set, write_idx_set
 from test_trust import BEST, PICKLES, YAML_TAGS, copy_payload, stored_config, write_config, write_config_text
 

@@ -10,7 +10,8 @@ from torch import nn
 
 from aeexp.config import ConfigError, validate
 from aeexp.models import Autoencoder
-from aeexp.training.run import build_model, run_training
+from aeexp.models.factory import build_model
+from aeexp.training.run import run_training
 from conftest import compose, small_run
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from aeexp.config import validate
 from aeexp.models import Autoencoder
-from aeexp.training.run import build_model
+from aeexp.models.factory import build_model
 from conftest import compose
 
 

@@ -114,7 +114,8 @@ def test_denoising_metrics_and_triplets_reach_tensorboard(denoising_run):
 
 
 def test_validation_noise_gives_the_same_figure_for_the_same_weights(tmp_path):
-    from aeexp.training.run import build_model, load_data
+    from aeexp.models.factory import build_model
+    from aeexp.training.run import load_data
     from aeexp.training.trainer import Trainer
 
     cfg = validate(small_run("noise=gaussian"))

@@ -14,7 +14,7 @@ from cli_runner import run_cli
 from conftest import small_run
 
 from aeexp.config import ConfigError
-from aeexp.training import files
+from aeexp import checkpoints as files
 from aeexp.training.run import run_training
 
 TINY = ["dataset=synthetic", "dataset.num_train=256", "dataset.num_val=64", "trainer.batch_size=64",
@@ -133,7 +133,7 @@ def test_a_full_disk_mid_run_leaves_metrics_in_agreement_with_best(tmp_path, mon
 
 
 def test_full_disk_through_train_py_is_one_line():
-    from aeexp.training.files import describe_os_error
+    from aeexp.checkpoints import describe_os_error
 
     line = describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoints/best.pt"))
     assert "\n" not in line and "/runs/x/checkpoints/best.pt" in line and "disk is full" in line

@@ -13,7 +13,8 @@ from aeexp.config import ConfigError, validate
 from aeexp.sparsity.lifetime import LifetimeSparsity
 from aeexp.sparsity.penalties import KLSparsity, L1Sparsity
 from aeexp.sparsity.topk import BatchTopKSparsity, TopKSparsity
-from aeexp.training.run import build_model, run_training
+from aeexp.models.factory import build_model
+from aeexp.training.run import run_training
 
 
 def distinct_code(batch: int = 6, features: int = 10, seed: int = 0) -> torch.Tensor:
@@ -267,7 +268,7 @@ def test_every_method_trains_with_finite_losses_and_writes_latent_metrics(tmp_pa
 
 def test_val_mse_counts_reconstruction_only(tmp_path):
     """Recompute the validation MSE from the best checkpoint: the penalty must not be in it."""
-    from aeexp.training.files import load_checkpoint
+    from aeexp.checkpoints import load_checkpoint
     from aeexp.training.run import load_data
 
     cfg = small_run("trainer.epochs=1", "sparsity=kl", "sparsity.weight=5.0")

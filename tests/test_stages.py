@@ -15,7 +15,8 @@ from aeexp.config import ConfigError, validate
 from aeexp.models.layerwise import carry_over, keep_depth
 from aeexp.models.tied import TiedLinear, tie, untie
 from aeexp.training.run import run_training
-from aeexp.training.stages import build_model, plan_stages, stage_model
+from aeexp.models.factory import build_model
+from aeexp.training.stages import plan_stages, stage_model
 from aeexp.training.trainer import Trainer
 from conftest import small_run
 

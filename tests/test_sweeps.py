@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO, small_run, tiny_idx_set, write_idx_set
 
-from aeexp.training.files import CheckpointError
+from aeexp.checkpoints import CheckpointError
 from aeexp.training.run import run_training
 
 TINY = ["dataset=synthetic", "dataset.num_train=256", "dataset.num_val=64", "trainer.batch_size=64",

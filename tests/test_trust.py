@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from aeexp.evaluation import check_settings, load_run
 from aeexp.sparsity import Sparsity
-from aeexp.training.files import CheckpointError, load_checkpoint
+from aeexp.checkpoints import CheckpointError, load_checkpoint
 from aeexp.training.run import run_training
 from aeexp.trust import UntrustedConfigError, find_targets, guard_loaded_config, settle_loaded_config
 from conftest import CONF_DIR, REPO, small_run

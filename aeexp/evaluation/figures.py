@@ -1,6 +1,6 @@
 """The evaluation's pictures, as PNG files in ``<run>/eval/`` and images in TensorBoard.
 
-They reuse the trainer's panels (:mod:`aeexp.training.pictures`) on the test split, and add
+They reuse the trainer's panels (:mod:`aeexp.pictures`) on the test split, and add
 what only evaluation has: the PCA reconstruction beside the model's, the codes sorted by
 class, denoising triplets per noise level, and a scatter of the codes coloured by class.
 """
@@ -20,7 +20,7 @@ from torchvision.utils import save_image  # noqa: E402
 
 from aeexp.data.images import to_float  # noqa: E402
 from aeexp.evaluation.denoising import noise_at  # noqa: E402
-from aeexp.training.pictures import code_image, dictionary_grid, reconstruction_rows  # noqa: E402
+from aeexp.pictures import code_image, dictionary_grid, reconstruction_rows  # noqa: E402
 
 
 def latent_scatter(codes: torch.Tensor, labels: torch.Tensor, title: str) -> plt.Figure:

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from aeexp.config import validate
 from aeexp.registry import DATASETS
-from aeexp.training.files import CheckpointError, load_checkpoint
-from aeexp.training.run import build_model
+from aeexp.checkpoints import CheckpointError, load_checkpoint
+from aeexp.models.factory import build_model
 
 CHECKPOINT = Path("checkpoints") / "best.pt"
 

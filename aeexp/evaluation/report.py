@@ -29,8 +29,8 @@ from aeexp.evaluation.probes import knn_accuracy, probe_accuracy
 from aeexp.evaluation.reconstruction import encode_all, reconstruction_metrics
 from aeexp.evaluation.semi_supervised import semi_supervised
 from aeexp.evaluation.settings import check_against_data
-from aeexp.training.files import write_json
-from aeexp.training.run import build_model
+from aeexp.checkpoints import write_json
+from aeexp.models.factory import build_model
 
 log = logging.getLogger(__name__)
 

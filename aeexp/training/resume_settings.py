@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp.config import ConfigError
-from aeexp.training.files import CheckpointError, load_checkpoint
+from aeexp.checkpoints import CheckpointError, load_checkpoint
 
 SAFE_TO_CHANGE = (
     "trainer.epochs", "trainer.stages[*].epochs", "trainer.resume", "trainer.resume_from", "trainer.progress",

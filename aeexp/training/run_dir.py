@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp.config import ConfigError
-from aeexp.training.files import write_text
+from aeexp.checkpoints import write_text
 
 RESULT_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json")
 

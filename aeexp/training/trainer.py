@@ -26,16 +26,15 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from aeexp.config import ConfigError
 from aeexp.data.images import ImageSplits, head, index_batches, num_batches, to_float
 from aeexp.models.layerwise import describe_layers
 from aeexp.registry import NOISE, OPTIMIZERS, SCHEDULERS
-from aeexp.training.device import autocast, grad_scaler
-from aeexp.training.files import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from aeexp.device import autocast, grad_scaler
+from aeexp.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from aeexp.training.interrupts import InterruptWatch, TrainingInterrupted
 from aeexp.training.optim import should_stop, step_scheduler
 from aeexp.training.resume_settings import ResumeCheckpoint
-from aeexp.training.pictures import code_image, dictionary_grid, latent_scatter, reconstruction_rows
+from aeexp.pictures import code_image, dictionary_grid, latent_scatter, reconstruction_rows
 from aeexp.training.stages import Stage, plan_stages, stage_model
 from aeexp.training.tensorboard import write_hparams
 
