@@ -16,7 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp.data.noise import Noise
-from aeexp.evaluation.reconstruction import float_batches, psnr
+from aeexp.evaluation.reconstruction import float_batches
+from aeexp.metrics import DenoisingStats
 from aeexp.registry import NOISE
 
 LEVEL_KEY = {"gaussian": "std", "masking": "fraction", "salt_pepper": "fraction"}
@@ -39,14 +40,9 @@ def denoising_metrics(model: torch.nn.Module, images: torch.Tensor, run_noise: D
     rows = []
     for level in levels:
         kind, noise = noise_at(run_noise, level, seed)
-        generator = noise.val_generator(device)
-        denoised = noisy_error = 0.0
+        generator, stats = noise.val_generator(device), DenoisingStats()
         for x in float_batches(images, batch_size, device, f"denoising {kind} {level:g}", progress):
             noisy = noise(x, generator)
-            x_hat, _ = model(noisy)
-            denoised += (x_hat.float() - x).double().pow(2).sum().item()
-            noisy_error += (noisy - x).double().pow(2).sum().item()
-        mse, noisy_mse = denoised / images.numel(), noisy_error / images.numel()
-        rows.append({"noise": kind, "level": float(level), "mse": mse, "psnr": psnr(mse),
-                     "noisy_mse": noisy_mse, "noisy_psnr": psnr(noisy_mse)})
+            stats.update(x, noisy, model(noisy)[0])
+        rows.append({"noise": kind, "level": float(level), **stats.figures()})
     return rows

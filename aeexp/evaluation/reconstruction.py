@@ -1,22 +1,17 @@
-"""Reconstruction and latent figures of a split (validation or test), in one pass of the model.
-
-Units: ``test_mse`` is per pixel (PyTorch's mean over every pixel of the set);
-``test_sse_per_image`` is the same error summed over an image's pixels (x pixels), the
-unit of Hinton & Salakhutdinov 2006; ``test_psnr`` is 10 log10(1 / test_mse) for pixels in
-[0, 1]; ``test_fvu`` divides the MSE by the data's variance around its mean image (the
-error of always predicting that mean), the normalized MSE of Gao et al. 2024: 1 means the
-model learned nothing, 0 is perfect.
+"""Reconstruction and latent figures of a split (validation or test), in one pass of the
+model, with the codes kept for the probes; the figures themselves (and their units) are
+:mod:`aeexp.metrics`, shared with the trainer's validation.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
 from tqdm import tqdm
 
 from aeexp.data.images import to_float
+from aeexp.metrics import ReconstructionStats
 
 
 def float_batches(images: torch.Tensor, batch_size: int, device: torch.device, desc: str | None = None,
@@ -38,44 +33,22 @@ def encode_all(model: torch.nn.Module, images: torch.Tensor, batch_size: int, de
     return torch.cat(codes)
 
 
-def psnr(mse: float) -> float:
-    """Peak signal-to-noise ratio in dB for pixels in [0, 1]."""
-    return 10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf
-
-
 @torch.no_grad()
 def reconstruction_metrics(model: torch.nn.Module, images: torch.Tensor, batch_size: int,
                            device: torch.device, progress: bool = True,
                            split: str = "test") -> tuple[dict[str, float], torch.Tensor]:
-    """Reconstruction and sparsity figures of one split's images (keys ``<split>_mse``, ...),
-    and their codes (CPU)."""
+    """Reconstruction and sparsity figures of one split's images (keys ``<split>_mse``, ...;
+    :class:`aeexp.metrics.ReconstructionStats`), and their codes (CPU)."""
     model.eval()
-    squared_error = torch.zeros((), dtype=torch.float64)
-    pixel_sum = torch.zeros(images.shape[1:], dtype=torch.float64)
-    pixel_square_sum = torch.zeros(images.shape[1:], dtype=torch.float64)
-    codes = []
+    stats, codes = ReconstructionStats(), []
     for x in float_batches(images, batch_size, device, f"{split} reconstruction", progress):
         x_hat, z = model(x)
-        squared_error += (x_hat.float() - x).pow(2).sum(dtype=torch.float64).cpu()
-        pixel_sum += x.sum(0, dtype=torch.float64).cpu()
-        pixel_square_sum += x.double().pow(2).sum(0).cpu()
+        stats.update(x, x_hat, z)
         codes.append(z.reshape(len(z), -1).float().cpu())
-    codes = torch.cat(codes)
-    n, pixels = len(images), images[0].numel()
-    mse = (squared_error / (n * pixels)).item()
-    # Variance around the mean image, per pixel: the MSE of predicting the test set's mean.
-    variance = ((pixel_square_sum - pixel_sum.pow(2) / n).sum() / (n * pixels)).item()
-    fired = (codes != 0).sum(0)
-    figures = {
-        f"{split}_mse": mse,
-        f"{split}_sse_per_image": mse * pixels,
-        f"{split}_psnr": psnr(mse),
-        f"{split}_fvu": mse / variance if variance > 0 else math.nan,
-        f"{split}_l0": (codes != 0).sum(1).double().mean().item(),
-    }
-    dead = (fired == 0).double().mean().item()
+    f = stats.figures()
+    figures = {f"{split}_{key}": f[key] for key in ("mse", "sse_per_image", "psnr", "fvu", "l0")}
     if split == "test":  # the test split's keep their established names
-        figures.update(mean_image_mse=variance, dead_fraction=dead, code_size=codes.shape[1])
+        figures.update(mean_image_mse=f["mean_image_mse"], dead_fraction=f["dead_fraction"], code_size=f["code_size"])
     else:
-        figures.update({f"{split}_mean_image_mse": variance, f"{split}_dead_fraction": dead})
-    return figures, codes
+        figures.update({f"{split}_mean_image_mse": f["mean_image_mse"], f"{split}_dead_fraction": f["dead_fraction"]})
+    return figures, torch.cat(codes)

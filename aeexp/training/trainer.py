@@ -27,6 +27,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from aeexp.data.images import ImageSplits, head, index_batches, num_batches, to_float
+from aeexp.metrics import DenoisingStats, ReconstructionStats
 from aeexp.models.layerwise import describe_layers
 from aeexp.registry import NOISE, OPTIMIZERS, SCHEDULERS
 from aeexp.device import autocast, grad_scaler
@@ -440,29 +441,14 @@ class Trainer:
         ``val_mean_activation`` mean |z|, and ``firing_rate`` per feature (a tensor).
         """
         self.model.eval()
-        images = self.data.val_images
-        squared_error = torch.zeros((), dtype=torch.float64, device=self.device)
-        nonzero = torch.zeros((), dtype=torch.float64, device=self.device)
-        magnitude = torch.zeros((), dtype=torch.float64, device=self.device)
-        fired = None
-        for clean in index_batches(images, self.settings.val_batch_size):
+        stats = ReconstructionStats()
+        for clean in index_batches(self.data.val_images, self.settings.val_batch_size):
             with autocast(self.device, self.precision):
                 x_hat, z = self.model(clean)
-            squared_error += (x_hat.float() - clean).pow(2).sum(dtype=torch.float64)
-            active = z.reshape(len(z), -1) != 0
-            counts = active.sum(0, dtype=torch.float64)
-            fired = counts if fired is None else fired + counts
-            nonzero += counts.sum()
-            magnitude += z.float().abs().sum(dtype=torch.float64)
-        n = len(images)
-        firing_rate = fired / n
-        figures = {
-            "val_mse": (squared_error / images.numel()).item(),
-            "val_l0": (nonzero / n).item(),
-            "dead_fraction": (firing_rate == 0).double().mean().item(),
-            "val_mean_activation": (magnitude / (n * len(firing_rate))).item(),
-            "firing_rate": firing_rate,
-        }
+            stats.update(clean, x_hat, z)
+        f = stats.figures()
+        figures = {"val_mse": f["mse"], "val_l0": f["l0"], "dead_fraction": f["dead_fraction"],
+                   "val_mean_activation": f["mean_activation"], "firing_rate": f["firing_rate"]}
         if self.noise.active and self.noise.on_val:
             figures.update(self.validate_denoising())
         return figures
@@ -472,20 +458,15 @@ class Trainer:
         """``val_denoise_mse``: reconstructions of noisy validation inputs against the clean
         images; ``val_noisy_mse``: the noisy inputs' own error (what doing nothing scores).
         The noise comes from a fixed-seed generator, so it is identical every epoch."""
-        images = self.data.val_images
+        stats = DenoisingStats()
         generator = self.noise.val_generator(self.device)
-        denoised_error = torch.zeros((), dtype=torch.float64, device=self.device)
-        noisy_error = torch.zeros((), dtype=torch.float64, device=self.device)
-        for clean in index_batches(images, self.settings.val_batch_size):
+        for clean in index_batches(self.data.val_images, self.settings.val_batch_size):
             noisy = self.noise(clean, generator)
             with autocast(self.device, self.precision):
                 x_hat, _ = self.model(noisy)
-            denoised_error += (x_hat.float() - clean).pow(2).sum(dtype=torch.float64)
-            noisy_error += (noisy - clean).pow(2).sum(dtype=torch.float64)
-        return {
-            "val_denoise_mse": (denoised_error / images.numel()).item(),
-            "val_noisy_mse": (noisy_error / images.numel()).item(),
-        }
+            stats.update(clean, noisy, x_hat)
+        f = stats.figures()
+        return {"val_denoise_mse": f["mse"], "val_noisy_mse": f["noisy_mse"]}
 
     # --------------------------------------------------------------- logging
     def _log_epoch(self, writer: SummaryWriter, epoch: int, improved: bool, firing_rate: torch.Tensor) -> None:
