@@ -2,7 +2,8 @@
 
 (a) inputs above their reconstructions, (b) the codes of a batch of samples as an image
 (samples x features), (c) the decoder's dictionary: its output for each one-hot code.
-The trainer sends them to TensorBoard and to PNG files in the run directory.
+The trainer sends them (:func:`training_pictures`) to TensorBoard and to PNG files in the run
+directory; `evaluate.py` draws the same panels on the test split.
 """
 
 from __future__ import annotations
@@ -64,3 +65,26 @@ def latent_scatter(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     finally:
         plt.close(figure)
     return rgba[..., :3].permute(2, 0, 1).float() / 255.0
+
+
+@torch.no_grad()
+def training_pictures(model: torch.nn.Module, fixed_batch: torch.Tensor, code_batch: torch.Tensor,
+                      noise=None, validation_codes=None) -> dict[str, torch.Tensor]:
+    """The panels a training run shows every ``trainer.image_every`` epochs (eval mode):
+    ``reconstructions`` of ``fixed_batch``, the ``codes`` of ``code_batch``, the decoder's
+    ``dictionary``, with noise on ``denoising`` (noisy / denoised / clean rows), and with a
+    2-D code ``latent_scatter`` of ``validation_codes()`` (codes and labels, computed only then)."""
+    model.eval()
+    x_hat, _ = model(fixed_batch)
+    _, codes = model(code_batch)
+    pictures = {
+        "reconstructions": reconstruction_rows(fixed_batch, x_hat),
+        "codes": code_image(codes),
+        "dictionary": dictionary_grid(model, tuple(codes.shape[1:])),
+    }
+    if noise is not None and noise.active:
+        noisy = noise(fixed_batch, noise.val_generator(fixed_batch.device))
+        pictures["denoising"] = reconstruction_rows(noisy, model(noisy)[0], fixed_batch)
+    if codes[0].numel() == 2 and validation_codes is not None:
+        pictures["latent_scatter"] = latent_scatter(*validation_codes())
+    return pictures

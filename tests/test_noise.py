@@ -121,7 +121,7 @@ def test_validation_noise_gives_the_same_figure_for_the_same_weights(tmp_path):
     cfg = validate(small_run("noise=gaussian"))
     data = load_data(cfg)
     trainer = Trainer(cfg, build_model(cfg, data.shape), data, tmp_path, torch.device("cpu"))
-    assert trainer.validate_denoising() == trainer.validate_denoising()
+    assert trainer.validate()["val_denoise_mse"] == trainer.validate()["val_denoise_mse"]
 
 
 def test_a_denoiser_keeps_its_best_denoising_epoch(denoising_run):

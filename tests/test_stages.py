@@ -204,8 +204,8 @@ def test_resume_inside_stage_2_continues_it_and_ends_like_an_uninterrupted_run(t
 
     real_epoch = Trainer._run_epoch
 
-    def crash_after_epoch_3(self, epoch, writer):
-        real_epoch(self, epoch, writer)
+    def crash_after_epoch_3(self, epoch):
+        real_epoch(self, epoch)
         if epoch == 3:  # the first epoch of stage 2
             raise KeyboardInterrupt
 
@@ -217,9 +217,9 @@ def test_resume_inside_stage_2_continues_it_and_ends_like_an_uninterrupted_run(t
 
     resumed_in = []
 
-    def record(self, epoch, writer):
+    def record(self, epoch):
         resumed_in.append((epoch, self.stage_index, self.stage_epoch))
-        real_epoch(self, epoch, writer)
+        real_epoch(self, epoch)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "_run_epoch", record)

@@ -18,10 +18,12 @@ from omegaconf import DictConfig
 from aeexp.config import validate
 from aeexp.data.images import ImageSplits
 from aeexp.registry import DATASETS
-from aeexp.training.device import resolve_device
+from aeexp.threads import configure_cpu_threads
+from aeexp.device import resolve_device
+from aeexp.training.checkpointing import resume_trainer
 from aeexp.training.resume_settings import read_resume_checkpoint
 from aeexp.training.run_dir import check_run_dir
-from aeexp.training.stages import build_model, plan_stages, stage_model  # noqa: F401  (build_model: imported from here)
+from aeexp.training.stages import plan_stages, stage_model
 from aeexp.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -70,13 +72,16 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
     device = resolve_device(cfg.device.name)
     check_run_dir(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
     checkpoint = read_resume_checkpoint(cfg, run_dir) if cfg.trainer.resume else None
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    configure_cpu_threads(cfg.trainer.num_threads)  # null: one per core, passive OpenMP waiting (aeexp.threads)
     # Subnormal floats (frozen or freshly grown layers of layer-wise training produce them)
     # make CPU arithmetic up to 50x slower; flushing them to zero changes no figure we report.
     torch.set_flush_denormal(True)
     seed_everything(cfg.seed)
     data = load_data(cfg)
+    limits = cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches
+    if any(n is not None for n in limits):  # conf/debug: the same few batches every epoch
+        data = data.limited(*(n and n * size for n, size in zip(limits, (cfg.trainer.batch_size,
+                                                                        cfg.trainer.val_batch_size))))
     model, _ = stage_model(cfg, data.shape, plan_stages(cfg)[0])
     log.info("data %s: %d train / %d val images of shape %s (validation: %s; the test split is left to "
              "evaluate.py); device %s", data.name or cfg.dataset.get("name"), len(data.train_images),
@@ -84,7 +89,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
     log.info("model: %d parameters\n%s", sum(p.numel() for p in model.parameters()), model)
     trainer = Trainer(cfg, model, data.without_test(), run_dir, device, stop_requested)
     if cfg.trainer.resume:
-        trainer.resume(checkpoint)
+        resume_trainer(trainer, checkpoint)
     if on_start is not None:
         on_start()
     return trainer.fit()
