@@ -181,7 +181,7 @@ def reproduce_one(name: str, args: argparse.Namespace, settings: DictConfig, fig
         result["eval_reused"] = args.evaluated_before[name]
         if result["eval"] is None:
             result["eval"] = evaluate_run(run_dir, settings, resolve_device(args.device), args.dataset_root)
-        result["atom_spread"] = atom_spread(load_run(run_dir, "cpu", args.dataset_root).model,
+        result["atom_spread"] = atom_spread(load_run(run_dir, device="cpu", dataset_root=args.dataset_root).model,
                                             result["eval"]["code_size"])
         result["pictures"] = copy_pictures(run_dir, figures_dir / name)
         result["epoch_seconds"], result["training_seconds"] = epoch_times(run_dir)

@@ -1,7 +1,7 @@
 """Evaluation of trained runs: test metrics beside their baselines (PCA, raw-pixel probes,
 a classifier trained from scratch), figures, and sweep comparison tables."""
 
-from aeexp.evaluation.loading import RunDirError, find_runs, is_run_dir, load_run
+from aeexp.runs import RunDirError, find_runs, is_run_dir, load_run
 from aeexp.evaluation.report import evaluate_run, summary_table
 from aeexp.evaluation.settings import EvalSettings, check_settings
 from aeexp.evaluation.sweep import compare_runs, markdown_table, write_comparison

@@ -24,7 +24,8 @@ from aeexp.data.images import to_float
 from aeexp.evaluation.baselines import fit_pca, pca_mse, pca_reconstruct
 from aeexp.evaluation.denoising import denoising_metrics
 from aeexp.evaluation.figures import write_figures
-from aeexp.evaluation.loading import EvalData, load_data, load_run
+from aeexp.evaluation.loading import EvalData, load_splits
+from aeexp.runs import load_run
 from aeexp.evaluation.probes import knn_accuracy, probe_accuracy
 from aeexp.evaluation.reconstruction import encode_all, reconstruction_metrics
 from aeexp.evaluation.semi_supervised import semi_supervised
@@ -63,9 +64,9 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
     start = time.perf_counter()
     device = torch.device(device)
     s = settings
-    run = load_run(run_dir, device, dataset_root, trust_targets=s.trust_targets)
+    run = load_run(run_dir, device=device, dataset_root=dataset_root, trust_targets=s.trust_targets)
     model, cfg = run.model, run.cfg
-    data: EvalData = load_data(cfg)
+    data: EvalData = load_splits(cfg)
     check_against_data(s, data.train_labels, data.test_labels)  # eval.knn_k etc. against this data, before any measure
     data_key = OmegaConf.to_yaml(cfg.dataset)
     timer = Timer()

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from aeexp.evaluation.loading import find_runs
+from aeexp.runs import find_runs
 
 log = logging.getLogger(__name__)
 

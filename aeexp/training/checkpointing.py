@@ -97,6 +97,7 @@ def trainer_state(trainer) -> dict[str, Any]:
         "metrics": dict(trainer.metrics),
         "rng": rng_state(trainer.shuffle_generator),
         "config": OmegaConf.to_yaml(trainer.cfg),
+        "input_shape": list(trainer.data.shape),  # so aeexp.load_run rebuilds the model without the data
     }
 
 
