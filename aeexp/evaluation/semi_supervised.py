@@ -5,7 +5,7 @@ images per class are given. Three classifiers of one shape (encoder -> fixed
 standardization -> a shallow head: Linear, ReLU, Linear) are trained on those labels and
 scored on the whole test split:
 
-- ``frozen``: the trained encoder fixed, only the head learns (``head_steps`` Adam steps);
+- ``frozen``: the trained encoder fixed, only the head learns (``head_steps`` AdamW steps);
 - ``fine_tuned``: starting from that, encoder and head learn together for ``head_steps``
   more steps at ``finetune_lr``;
 - ``scratch``: the same architecture freshly initialised, all of it trained for

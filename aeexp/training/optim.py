@@ -65,7 +65,8 @@ def build_sgd(params: Iterable, lr: float, momentum: float = 0.9, nesterov: bool
 @dataclass
 class PlateauConfig:
     """The first seed's schedule: divide the lr by 10 after ``patience`` epochs without a
-    better validation MSE, and stop training once the lr falls below ``stop_lr``."""
+    better value of ``trainer.monitor`` (validation MSE, or the denoising error for a denoiser), and
+    stop training once the lr falls below ``stop_lr``."""
 
     name: str = "plateau"
     factor: float = 0.1

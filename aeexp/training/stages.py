@@ -3,8 +3,9 @@
 ``trainer.stages`` lists stages run one after another (``[]``: one stage of
 ``trainer.epochs`` with the model as configured). A stage may tie or untie the decoder's
 weights, use only the outer ``depth`` layers of a deep stack, freeze what it does not
-train, and override the optimizer and scheduler. The trainer only calls
-:func:`stage_model` and :func:`stage_group`; everything about models lives in
+train, and override the optimizer and scheduler. The trainer calls :func:`plan_stages` once
+and :func:`stage_model` at each stage change (:func:`stage_group` merges a stage's optimizer
+and scheduler overrides while planning); everything about models lives in
 :mod:`aeexp.models.tied` and :mod:`aeexp.models.layerwise`.
 """
 

@@ -72,7 +72,7 @@ class Trainer:
     # ---------------------------------------------------------------- stages
     def _start_stage(self, index: int, model: nn.Module) -> None:
         """Make ``model`` the one being trained in stage ``index``, with a fresh optimizer
-        and scheduler over its trainable parameters. The best validation MSE and the
+        and scheduler over its trainable parameters. The best of ``trainer.monitor`` and the
         divergence reference start afresh too: a stage's model (tied, shallower) does not
         compare with another stage's, so ``best.pt`` always holds the current stage's best."""
         stage = self.stages[index]
