@@ -1,6 +1,6 @@
 # The two commands a new user types (see README.md):
 #   make train   virtual env, aeexp, Fashion-MNIST, one default training run
-#   make test    virtual env, aeexp with its test extra, the test suite
+#   make test    virtual env, aeexp with its test extra, the test suite (make test-fast: without the slow tests)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,19 +9,24 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: venv install dev data train test bench
+.PHONY: venv install dev data train test test-fast bench
 
 venv: $(BIN)/python
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-install: venv
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e .
+# Each installs torch and aeexp in one pip run, and again only when pyproject.toml changes
+# (a stamp file in the venv), so `make test` installs the package at most once.
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH) -e .
+	touch $@
 
-dev: install
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+dev: $(VENV)/.installed-dev
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH) -e ".[dev]"
+	touch $@ $(VENV)/.installed
 
 # Fashion-MNIST from Debian's package where apt is there; elsewhere torchvision downloads it on the first run.
 data:
@@ -35,8 +40,13 @@ data:
 train: install data
 	$(BIN)/python train.py dataset=fashion_mnist
 
+# Everything, one test at a time (about 9 minutes on 2 cores); the inner loop while editing,
+# without the slow tests and one worker per core: make test-fast (about a minute on 2 cores)
 test: dev
 	$(BIN)/python -m pytest
+
+test-fast: dev
+	$(BIN)/python -m pytest -m "not slow" -n auto
 
 bench: install data
 	$(BIN)/python benchmarks/bench_epoch.py

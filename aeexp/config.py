@@ -2,7 +2,7 @@
 
 Each config group is checked against a dataclass schema: the registered builder's schema
 for registry groups (model, sparsity, noise, dataset, optimizer, scheduler), and the
-schemas below for device and trainer. OmegaConf does the type and unknown-key checks;
+schemas below for device, trainer and paths. OmegaConf does the type and unknown-key checks;
 ``__post_init__`` of each schema does the range checks. Every failure becomes one
 :class:`ConfigError` naming the full key, the value and what is allowed, so a typo on the
 command line costs a second instead of a crashed run.
@@ -10,7 +10,10 @@ command line costs a second instead of a crashed run.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -170,6 +173,41 @@ class TrainerConfig:
                 "null (no limit) or an integer >= 1 (models with more parameters are refused before they are built)")
 
 
+def project_root() -> str:
+    """The project's folder, for ``paths.root_dir`` (``conf/paths/default.yaml``) when
+    ``AEEXP_ROOT`` is not set: the checkout holding ``conf/`` beside the ``aeexp`` package
+    (an editable install or a run from the checkout), else the folder of the script being
+    run if it holds ``conf/`` (``train.py`` with a non-editable install), else the current
+    directory. Independent of where a command is launched from."""
+    for folder in (Path(__file__).resolve().parent.parent, Path(sys.argv[0] or ".").resolve().parent):
+        if (folder / "conf").is_dir():
+            return str(folder)
+    return os.getcwd()
+
+
+def absolute_path(path: str) -> str:
+    """``path`` made absolute (``~`` expanded; a relative path is taken from the current directory)."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+# Used by conf/paths/default.yaml, so every path of a run is absolute whatever the launch directory.
+OmegaConf.register_new_resolver("aeexp_root", project_root, replace=True)
+OmegaConf.register_new_resolver("aeexp_abspath", absolute_path, replace=True)
+
+
+@dataclass
+class PathsConfig:
+    """Where things live (``conf/paths/default.yaml``), absolute: ``root_dir`` the project,
+    ``data_dir`` the datasets (``dataset.root`` is ``${paths.data_dir}``), ``output_dir`` the
+    runs (``hydra.run.dir`` and ``hydra.sweep.dir`` are below it), ``cache_dir`` files a
+    component may keep between runs. None: not set (a config written before ``paths``)."""
+
+    root_dir: Optional[str] = None
+    data_dir: Optional[str] = None
+    output_dir: Optional[str] = None
+    cache_dir: Optional[str] = None
+
+
 REGISTRY_GROUPS: dict[str, Registry] = {
     "model": MODELS,
     "sparsity": SPARSITY,
@@ -178,7 +216,7 @@ REGISTRY_GROUPS: dict[str, Registry] = {
     "optimizer": OPTIMIZERS,
     "scheduler": SCHEDULERS,
 }
-FIXED_GROUPS: dict[str, type] = {"device": DeviceConfig, "trainer": TrainerConfig}
+FIXED_GROUPS: dict[str, type] = {"device": DeviceConfig, "trainer": TrainerConfig, "paths": PathsConfig}
 TOP_LEVEL_KEYS = {"seed", "tags", "optimized_metric"}
 
 OPTIMIZED_METRICS = ("best_score", "best_val_mse", "val_mse", "val_denoise_mse", "train_loss", "train_mse", "val_l0",
@@ -204,6 +242,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     """
     out: dict[str, Any] = {}
     check_resolvable(cfg)
+    if isinstance(cfg, DictConfig):  # resolved as a whole: groups refer to each other (root: ${paths.data_dir})
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in cfg:
         if key not in REGISTRY_GROUPS and key not in FIXED_GROUPS and key not in TOP_LEVEL_KEYS:
             valid = sorted(set(REGISTRY_GROUPS) | set(FIXED_GROUPS) | TOP_LEVEL_KEYS)

@@ -33,7 +33,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Environment variables that would change what a user sees (a full Hydra stack trace, a
 # data root from the tester's shell); removed for every case.
-SCRUBBED_ENV = ("HYDRA_FULL_ERROR", "AEEXP_DATA")
+SCRUBBED_ENV = ("HYDRA_FULL_ERROR", "AEEXP_DATA", "AEEXP_ROOT", "AEEXP_OUTPUT", "AEEXP_CACHE")
+
+
+def case_env(cwd: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """What a case adds to the environment: ``AEEXP_ROOT=<cwd>``, so its ``paths`` (conf/paths:
+    ``data/``, ``outputs/``) are in its own folder rather than the project's, then ``extra``."""
+    return {"AEEXP_ROOT": str(cwd), **extra}
 
 _warm = False
 
@@ -85,7 +91,7 @@ def run_cli(script: str | Path, args: Sequence[str], cwd: Path | str, timeout: f
 
 
 def _run_subprocess(path: Path, args: list[str], cwd: Path, timeout: float, extra: dict[str, str]) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV} | extra
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV} | case_env(cwd, extra)
     try:
         result = subprocess.run([sys.executable, str(path), *args], cwd=cwd, env=env, capture_output=True,
                                 text=True, timeout=timeout)
@@ -197,7 +203,7 @@ def _child(path: Path, args: list[str], cwd: Path, out_name: str,
         sys.stdin = open(0, encoding="utf-8", closefd=False)
         for name in SCRUBBED_ENV:
             os.environ.pop(name, None)
-        os.environ.update(env)
+        os.environ.update(case_env(cwd, env))
         os.chdir(cwd)
         import torch
         from hydra.core.global_hydra import GlobalHydra

@@ -1,20 +1,29 @@
-"""Shared helpers: composing the real config tree, small training configs, IDX files.
+"""Shared helpers: composing the real config tree, small training configs, IDX files, a
+user's own model class, and checkpoints crafted the way an attacker would.
 
 Tests import the plain functions directly (``from conftest import compose``); pytest puts
-this folder on ``sys.path`` because ``tests/`` is not a package.
+this folder on ``sys.path`` because ``tests/`` is not a package. Helpers shared by several
+test modules live here, never in a test module another one imports.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 import struct
 from pathlib import Path
 
+import aeexp  # noqa: F401  (first: aeexp sets OpenMP's wait policy before torch loads it; aeexp.threads)
 import hydra
 import pytest
 import torch
+import yaml
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from aeexp.models import Autoencoder
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
@@ -36,6 +45,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "fashion_mnist: trains on the real Fashion-MNIST files (Debian's dataset-fashion-mnist); "
         "skipped when they are not installed",
     )
+
+
+def inner_loop(cases: list[tuple], count: int) -> list:
+    """A long ``parametrize`` list of argument tuples (1-tuples for one argument) whose first
+    ``count`` cases stand for it in the inner loop (``pytest -m "not slow"``); the others are
+    marked ``slow``, so ``make test`` still runs them all."""
+    return [pytest.param(*case, marks=() if i < count else pytest.mark.slow) for i, case in enumerate(cases)]
 
 
 def compose(*overrides: str) -> DictConfig:
@@ -94,3 +110,73 @@ def write_idx_set(folder: Path, data: dict[tuple[str, str], torch.Tensor], gz: b
         else:
             (folder / filename).write_bytes(payload)
     return folder
+
+
+# ------------------------------------------------------------------ a user's own model
+class TinyUserModel(Autoencoder):
+    """A user's own model, outside aeexp: built by ``_target_`` with the same context
+    (input_shape, bottleneck) the registered builders get."""
+
+    def __init__(self, input_shape, bottleneck, latent_dim: int = 3):
+        size = int(torch.tensor(input_shape).prod())
+        super().__init__(
+            nn.Sequential(nn.Flatten(), nn.Linear(size, latent_dim)),
+            bottleneck,
+            nn.Sequential(nn.Linear(latent_dim, size), nn.Unflatten(1, tuple(input_shape))),
+        )
+        self.input_shape = tuple(input_shape)
+        self.latent_dim = latent_dim
+
+
+# --------------------------------------------- crafted checkpoints (test_trust, test_bad_input)
+BEST = Path("checkpoints") / "best.pt"
+
+
+def stored_config(run_dir: Path) -> dict:
+    state = torch.load(run_dir / BEST, weights_only=True)
+    return OmegaConf.to_container(OmegaConf.create(state["config"]))
+
+
+def write_config_text(run_dir: Path, text: str) -> None:
+    state = torch.load(run_dir / BEST, weights_only=True)
+    state["config"] = text
+    torch.save(state, run_dir / BEST)
+
+
+def write_config(run_dir: Path, config: dict) -> None:
+    write_config_text(run_dir, yaml.safe_dump(config, sort_keys=False))
+
+
+def copy_payload(source, dest) -> dict:
+    return {"_target_": "shutil.copyfile", "_args_": [str(source), str(dest)]}
+
+
+YAML_TAGS = {
+    "copyfile": lambda site: f"!!python/object/apply:shutil.copyfile ['{os.devnull}', '{site['victim']}']",
+    "os_system": lambda site: f"!!python/object/apply:os.system ['touch {site['created']}']",
+    "name": lambda site: "!!python/name:shutil.copyfile",
+}
+
+
+class CopyOnLoad:
+    """Unpickling this calls shutil.copyfile: a checkpoint that would run code when loaded."""
+
+    def __init__(self, source, dest):
+        self.source, self.dest = str(source), str(dest)
+
+    def __reduce__(self):
+        return shutil.copyfile, (self.source, self.dest)
+
+
+class SystemOnLoad:
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+PICKLES = {
+    "copyfile": lambda site: CopyOnLoad(os.devnull, site["victim"]),
+    "os_system": lambda site: SystemOnLoad(f"touch {site['created']}"),
+}

@@ -32,8 +32,8 @@ import yaml
 from PIL import Image
 
 from cli_runner import run_cli, run_many
-from conftest import idx_bytes, tiny_idx_set, write_idx_set
-from test_trust import BEST, PICKLES, YAML_TAGS, copy_payload, stored_config, write_config, write_config_text
+from conftest import (BEST, PICKLES, YAML_TAGS, copy_payload, idx_bytes, stored_config, tiny_idx_set, write_config,
+                      write_config_text, write_idx_set)
 
 RAW = Path("data") / "FashionMNIST" / "raw"
 TRAIN_IMAGES = RAW / "train-images-idx3-ubyte"
@@ -575,7 +575,19 @@ def results(request, template: Path, tmp_path_factory) -> dict[str, Result]:
             for (case, site, snap), (code, output) in zip(prepared, outcomes)}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+# The inner loop (pytest -m "not slow") runs one case of each kind; the rest are marked slow.
+INNER_LOOP = {"train:model=nosuch", "train:model.foo", "train:trainer.epochs=0", "train:seed=-1",
+              "train:kmnist missing", "train:IDX truncated", "train:image_folder root missing",
+              "train:model target: no module", "evaluate:run_dir missing", "evaluate:checkpoint truncated",
+              "evaluate:stored dataset _target_"}
+
+
+def test_the_inner_loop_cases_exist():
+    assert INNER_LOOP <= {case.id for case in CASES}
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id, marks=() if case.id in INNER_LOOP else pytest.mark.slow)
+                                  for case in CASES])
 def test_bad_input_is_one_line(case: Case, results: dict[str, Result]):
     if case.skip:
         pytest.skip(case.skip)

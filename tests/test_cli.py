@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,17 +10,18 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tiny_idx_set, write_idx_set
 
 
-def train_py(*args: str, cwd) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("AEEXP_DATA", "HYDRA_FULL_ERROR")}
+def train_py(*args: str, cwd, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("AEEXP_DATA", "HYDRA_FULL_ERROR")} | (env or {})
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )
 
 
+@pytest.mark.slow
 def test_train_py_runs_and_leaves_a_complete_run_dir(tmp_path):
     run_dir = tmp_path / "run"
     result = train_py(
@@ -33,6 +35,22 @@ def test_train_py_runs_and_leaves_a_complete_run_dir(tmp_path):
     assert "val_mse" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow
+def test_train_py_from_any_folder_reads_paths_data_dir_and_writes_under_paths_output_dir(tmp_path):
+    """conf/paths: with AEEXP_ROOT=<project>, data comes from <project>/data and the run goes to
+    <project>/outputs/<date>/<time>, whatever folder the command runs from; nothing lands there."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    write_idx_set(project / "data" / "FashionMNIST" / "raw", tiny_idx_set(num_train=40, num_test=10))
+    elsewhere.mkdir()
+    result = train_py("dataset=fashion_mnist", "dataset.val_size=8", "dataset.download=false", "debug=fast",
+                      "trainer.batch_size=8", "device=cpu", cwd=elsewhere, env={"AEEXP_ROOT": str(project)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = list((project / "outputs").glob("*/*/metrics.json"))
+    assert len(runs) == 1 and json.loads(runs[0].read_text())["status"] == "completed"
+    assert not list(elsewhere.iterdir())
+
+
+@pytest.mark.slow
 def test_unknown_model_option_lists_the_available_ones(tmp_path):
     result = train_py("model=nosuch", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     output = result.stdout + result.stderr
@@ -40,6 +58,7 @@ def test_unknown_model_option_lists_the_available_ones(tmp_path):
     assert "nosuch" in output and "fc" in output and "mlp" in output
 
 
+@pytest.mark.slow
 def test_bad_value_exits_nonzero_with_one_line_and_no_traceback(tmp_path):
     run_dir = tmp_path / "run"
     result = train_py("trainer.epochs=0", "dataset=synthetic", f"hydra.run.dir={run_dir}", cwd=tmp_path)

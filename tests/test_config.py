@@ -6,12 +6,12 @@ import pytest
 from omegaconf import open_dict
 
 from aeexp.config import ConfigError, validate
-from conftest import CONF_DIR, compose
+from conftest import CONF_DIR, REPO, compose, inner_loop
 
 GROUP_OPTIONS = sorted(
     (group.name, path.stem)
     for group in CONF_DIR.iterdir()
-    if group.is_dir() and group.name not in ("experiment", "hydra", "hparams_search")
+    if group.is_dir() and group.name not in ("experiment", "hydra", "hparams_search", "debug")  # _global_ files: below
     for path in group.glob("*.yaml")
 )
 # Options with a value the user must give (`???` in their YAML).
@@ -21,10 +21,11 @@ EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yam
 
 def test_the_config_tree_has_every_group_of_the_design():
     groups = {group for group, _ in GROUP_OPTIONS}
-    assert {"model", "sparsity", "noise", "dataset", "device", "optimizer", "scheduler", "trainer"} <= groups
+    assert {"model", "sparsity", "noise", "dataset", "device", "optimizer", "scheduler", "trainer", "paths"} <= groups
     assert EXPERIMENTS, "conf/experiment/ holds no experiments"
 
 
+@pytest.mark.slow  # every YAML file; the inner loop composes the defaults and the options other tests use
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
@@ -41,6 +42,7 @@ def test_every_hparams_search_composes_and_validates(name):
     validate(compose(f"hparams_search={name}", "dataset=synthetic"))
 
 
+@pytest.mark.slow  # the inner loop composes a few (test_experiments); the full set here
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(name):
     validate(compose(f"experiment={name}", "dataset=synthetic"))
@@ -87,6 +89,36 @@ def test_dataset_root_follows_the_AEEXP_DATA_variable(monkeypatch, tmp_path):
     assert validate(compose("dataset=fashion_mnist")).dataset.root == str(tmp_path)
 
 
+PATH_VARIABLES = ("AEEXP_ROOT", "AEEXP_DATA", "AEEXP_OUTPUT", "AEEXP_CACHE")
+
+
+def test_paths_are_absolute_and_the_same_from_any_folder(monkeypatch, tmp_path):
+    for name in PATH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = validate(compose("dataset=fashion_mnist"))
+    assert cfg.paths == {"root_dir": str(REPO), "data_dir": str(REPO / "data"), "output_dir": str(REPO / "outputs"),
+                         "cache_dir": str(REPO / ".cache")}
+    assert cfg.dataset.root == cfg.paths.data_dir
+
+
+def test_paths_follow_AEEXP_ROOT_and_the_command_line(monkeypatch, tmp_path):
+    for name in PATH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AEEXP_ROOT", "project")  # relative: from the current folder, made absolute
+    cfg = validate(compose("dataset=kmnist"))
+    assert cfg.paths.root_dir == str(tmp_path / "project")
+    assert cfg.dataset.root == cfg.paths.data_dir == str(tmp_path / "project" / "data")
+    assert cfg.paths.output_dir == str(tmp_path / "project" / "outputs")
+    cfg = validate(compose("dataset=kmnist", "paths.data_dir=/big/disk"))
+    assert cfg.dataset.root == "/big/disk" and cfg.paths.output_dir == str(tmp_path / "project" / "outputs")
+    cfg = validate(compose("dataset=kmnist", "paths.data_dir=/big/disk", "dataset.root=/elsewhere"))
+    assert cfg.dataset.root == "/elsewhere"  # dataset.root still wins
+    with pytest.raises(ConfigError, match="paths.nosuch: unknown key; valid keys here: root_dir, data_dir"):
+        validate(compose("dataset=kmnist", "+paths.nosuch=1"))
+
+
 # ------------------------------------------------------------------------ bad values
 BAD_VALUES = [
     # (overrides, the key the message must name, text the message must contain)
@@ -131,7 +163,7 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize(
-    ("overrides", "key", "texts"), BAD_VALUES, ids=[" ".join(case[0]) for case in BAD_VALUES]
+    ("overrides", "key", "texts"), inner_loop(BAD_VALUES, 12), ids=[" ".join(case[0]) for case in BAD_VALUES]
 )
 def test_bad_value_raises_config_error_naming_key_and_value(overrides, key, texts):
     if not any(o.startswith("dataset=") for o in overrides):

@@ -12,7 +12,7 @@ from aeexp.config import ConfigError, validate
 from aeexp.models import Autoencoder
 from aeexp.models.factory import build_model
 from aeexp.training.run import run_training
-from conftest import compose, small_run
+from conftest import compose, inner_loop, small_run
 
 
 def model_for(*overrides: str, input_shape=(1, 28, 28)) -> Autoencoder:
@@ -24,7 +24,7 @@ def layers(module: nn.Module, kind: type) -> list[nn.Module]:
 
 
 @pytest.mark.parametrize("model", ["conv", "conv_fc"])
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 64, 48), (1, 29, 31)], ids=str)
+@pytest.mark.parametrize("shape", inner_loop([((1, 28, 28),), ((3, 32, 32),), ((1, 64, 48),), ((1, 29, 31),)], 2), ids=str)
 def test_output_shape_equals_input_shape_for_any_image_size(model, shape):
     net = model_for(f"model={model}", input_shape=shape)
     assert isinstance(net, Autoencoder)
@@ -142,7 +142,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("override", "key", "text"), BAD, ids=[case[0] for case in BAD])
+@pytest.mark.parametrize(("override", "key", "text"), inner_loop(BAD, 4), ids=[case[0] for case in BAD])
 def test_bad_conv_values_fail_validation_naming_key_and_value(override, key, text):
     with pytest.raises(ConfigError) as info:
         validate(compose("dataset=synthetic", "model=conv", override))

@@ -23,6 +23,7 @@ def test_debug_fast_trains_one_epoch_on_four_batches(tmp_path):
     assert not (tmp_path / "images").exists()  # no pictures
 
 
+@pytest.mark.slow
 def test_debug_overfit_drives_the_training_loss_near_zero(tmp_path):
     cfg = compose(*SYNTHETIC, "debug=overfit", "trainer.epochs=150", "trainer.image_every=0")
     assert cfg.scheduler.name == "none" and cfg.trainer.limit_train_batches == 1

@@ -75,6 +75,7 @@ def evaluated(linear_run) -> tuple[dict, dict[str, str], dict[str, str]]:
 
 
 # ---------------------------------------------------------------- metrics and baselines
+@pytest.mark.slow  # the linear run: 3200 steps (the inner loop evaluates a topk run below)
 def test_linear_autoencoder_comes_within_5_percent_of_pca(evaluated):
     """PCA is the best linear autoencoder: a trained one must land on it (a check of both)."""
     metrics, _, _ = evaluated
@@ -82,6 +83,7 @@ def test_linear_autoencoder_comes_within_5_percent_of_pca(evaluated):
     assert abs(metrics["mse_vs_pca"] - 1) < 0.05, (metrics["test_mse"], metrics["pca_mse"])
 
 
+@pytest.mark.slow
 def test_metrics_json_holds_every_figure_in_its_unit(evaluated, linear_run):
     metrics, _, _ = evaluated
     saved = json.loads((linear_run / "eval" / "metrics.json").read_text())
@@ -104,12 +106,19 @@ def test_metrics_json_holds_every_figure_in_its_unit(evaluated, linear_run):
     assert saved["val_mse"] == pytest.approx(trained["best_val_mse"], rel=1e-5)
     assert saved["val_mse"] != saved["test_mse"]
     [row] = saved["denoising"]
-    assert row["noise"] == "gaussian" and row["level"] == 0.2 and row["noisy_mse"] > 0 and row["mse"] > 0
+    assert row["noise"] == "gaussian" and row["level"] == 0.2
+    # Clamping to [0, 1] only shrinks the noise's error below its variance (0.2**2); the 2-D linear
+    # code keeps little of the noise, but what it keeps makes it worse than from clean images.
+    assert saved["test_mse"] < row["mse"] < row["noisy_mse"] < 0.2**2, (saved["test_mse"], row)
+    assert row["psnr"] > row["noisy_psnr"]
     [ssl] = saved["semi_supervised"]
     assert ssl["labels_per_class"] == 5 and ssl["labels"] == 50
-    assert all(0 <= ssl[k] <= 1 for k in ("frozen", "fine_tuned", "scratch"))
+    for key in ("frozen", "fine_tuned", "scratch"):
+        assert (ssl[key] * 512).is_integer(), (key, ssl[key])  # a fraction of the 512 test images
+        assert ssl[key] > 0.15, (key, ssl[key])  # above chance: 10 classes give 0.1 +- 0.013 on 512 images
 
 
+@pytest.mark.slow
 def test_figures_and_tensorboard_go_under_eval(evaluated, linear_run):
     folder = linear_run / "eval"
     for name in ("reconstructions", "latent_scatter", "dictionary", "codes", "denoising"):
@@ -120,6 +129,7 @@ def test_figures_and_tensorboard_go_under_eval(evaluated, linear_run):
     assert {"eval/reconstructions", "eval/latent_scatter", "eval/denoising"} <= set(events.Tags()["images"])
 
 
+@pytest.mark.slow
 def test_evaluation_changes_nothing_outside_eval(evaluated):
     _, before, after = evaluated
     assert before == after
@@ -152,6 +162,7 @@ def test_noise_levels_use_the_run_noise_type_or_gaussian():
     assert kind == "gaussian" and noise.std == 0.3
 
 
+@pytest.mark.slow
 @pytest.mark.fashion_mnist
 def test_pca_reproduces_the_fashion_mnist_reference(tmp_path):
     """PCA at 64 components gives 0.0104 on the Fashion-MNIST test set (the reference figure,
@@ -173,6 +184,7 @@ def test_varying_keys_are_the_overrides_that_differ():
     assert varying_keys(runs) == ["model.latent_dim", "sparsity"]
 
 
+@pytest.mark.slow
 def test_comparison_table_over_a_real_multirun(tmp_path):
     sweep = tmp_path / "sweep"
     env = {k: v for k, v in os.environ.items() if k not in ("AEEXP_DATA", "HYDRA_FULL_ERROR")}
@@ -236,6 +248,7 @@ BAD = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", list(BAD))
 def test_bad_run_dir_is_one_clear_error_and_changes_nothing(linear_run, tmp_path, how):
     run_dir = _break(shutil.copytree(linear_run, tmp_path / "run", ignore=shutil.ignore_patterns("eval")), how)
@@ -251,6 +264,7 @@ def test_bad_run_dir_is_one_clear_error_and_changes_nothing(linear_run, tmp_path
     assert not (tmp_path / "run" / "eval").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["missing", "truncated"])
 def test_evaluate_py_exits_nonzero_with_one_line(linear_run, tmp_path, how):
     run_dir = _break(shutil.copytree(linear_run, tmp_path / "run", ignore=shutil.ignore_patterns("eval")), how)
@@ -265,7 +279,7 @@ def test_evaluate_py_exits_nonzero_with_one_line(linear_run, tmp_path, how):
     assert not any(p.name == "outputs" for p in tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("overrides", [("model=conv", "model.latent_dim=8"),
+@pytest.mark.parametrize("overrides", [pytest.param(("model=conv", "model.latent_dim=8"), marks=pytest.mark.slow),
                                        ("sparsity=topk", "sparsity.k=4", "noise=masking")], ids=["conv", "topk_masking"])
 def test_other_models_sparsity_and_noise_evaluate(tmp_path, overrides):
     run_training(small_run("trainer.epochs=1", "trainer.image_every=0", *overrides), tmp_path / "run")

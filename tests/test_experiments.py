@@ -1,6 +1,6 @@
 """Every experiment in conf/experiment/ composes, validates and trains: one short epoch per
-stage on tiny synthetic data, with the experiment's own model, sparsity, noise, optimizer,
-scheduler and stages (only the data, the sizes and the epoch count are overridden)."""
+stage on tiny synthetic data (debug=fast), with the experiment's own model, sparsity, noise,
+optimizer, scheduler and stages (only the data, the sizes and the epoch count are overridden)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ TINY = (
     "dataset.num_train=256",
     "dataset.num_val=64",
     "trainer.batch_size=64",
-    "trainer.epochs=1",
-    "trainer.image_every=0",
+    "debug=fast",  # one epoch per stage, 4 training batches, 1 validation batch, no pictures
     "trainer.progress=false",
     "device=cpu",
 )
+# The inner loop (pytest -m "not slow") trains one experiment of each kind: stages, noise, sparsity, conv.
+INNER_LOOP = {"deep_fc_layerwise", "denoise_gaussian", "topk5", "conv32"}
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=() if name in INNER_LOOP else pytest.mark.slow)
+                                  for name in EXPERIMENTS])
 def test_every_experiment_trains_one_short_epoch_per_stage(name, tmp_path):
     overrides = (f"experiment={name}", *TINY)
     full = validate(compose(f"experiment={name}", "dataset=synthetic"))
@@ -44,9 +46,14 @@ def test_every_experiment_trains_one_short_epoch_per_stage(name, tmp_path):
     assert metrics["status"] == "completed"
     assert metrics["stages"] == len(stages) and metrics["stage"] == len(stages)
     assert metrics["epoch"] == len(stages)  # one epoch in each stage
+    assert metrics["tags"] == ["debug"]
     assert math.isfinite(metrics["val_mse"]) and math.isfinite(metrics["best_val_mse"])
     assert (tmp_path / name / "checkpoints" / "best.pt").exists()
     assert json.loads((tmp_path / name / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_the_inner_loop_experiments_exist():
+    assert INNER_LOOP <= set(EXPERIMENTS)
 
 
 def test_the_readme_maps_every_experiment():

@@ -51,6 +51,7 @@ def test_an_interrupted_epoch_resumes_where_it_stopped_and_ends_with_the_same_we
         assert torch.equal(tensor, weights(tmp_path / "stopped")[name]), name
 
 
+@pytest.mark.slow
 def test_sigterm_to_train_py_saves_last_pt_and_exits_non_zero(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "train.py", "dataset=synthetic", "dataset.num_train=20000", "dataset.num_val=64",
@@ -90,6 +91,7 @@ def finals(sweep_dir):
             for p in sweep_dir.glob("*/metrics.json")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_sigterm_ends_a_sweep_cleanly_and_resume_finishes_it_as_if_uninterrupted(tmp_path, launcher):
     straight = subprocess.run(sweep_command(tmp_path / "straight", launcher), cwd=REPO, capture_output=True,

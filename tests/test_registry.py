@@ -14,22 +14,7 @@ import aeexp
 from aeexp.models import Autoencoder
 from aeexp.models.fc import build_fc
 from aeexp.registry import ALL_REGISTRIES, MODELS, OPTIMIZERS, Registry, RegistryError
-from conftest import REPO
-
-
-class TinyUserModel(Autoencoder):
-    """A user's own model, outside aeexp: built by ``_target_`` with the same context
-    (input_shape, bottleneck) the registered builders get."""
-
-    def __init__(self, input_shape, bottleneck, latent_dim: int = 3):
-        size = int(torch.tensor(input_shape).prod())
-        super().__init__(
-            nn.Sequential(nn.Flatten(), nn.Linear(size, latent_dim)),
-            bottleneck,
-            nn.Sequential(nn.Linear(latent_dim, size), nn.Unflatten(1, tuple(input_shape))),
-        )
-        self.input_shape = tuple(input_shape)
-        self.latent_dim = latent_dim
+from conftest import REPO, TinyUserModel
 
 
 @pytest.fixture
@@ -92,7 +77,7 @@ def test_build_registered_model_by_name():
 
 def test_build_users_own_model_class_via_target():
     bottleneck = nn.Identity()
-    node = OmegaConf.create({"_target_": f"{__name__}.TinyUserModel", "latent_dim": 5})
+    node = OmegaConf.create({"_target_": f"{TinyUserModel.__module__}.TinyUserModel", "latent_dim": 5})
     model = MODELS.build(node, input_shape=(1, 4, 4), bottleneck=bottleneck)
     assert isinstance(model, TinyUserModel)
     assert model.latent_dim == 5 and model.input_shape == (1, 4, 4)
@@ -119,6 +104,7 @@ def test_every_registry_is_filled_on_import():
     assert {"plateau", "cosine", "none"} <= set(kinds["scheduler"])
 
 
+@pytest.mark.slow
 def test_python_m_aeexp_list_prints_every_kind_and_name():
     result = subprocess.run(
         [sys.executable, "-m", "aeexp", "list"], cwd=REPO, capture_output=True, text=True, timeout=120
@@ -131,3 +117,27 @@ def test_python_m_aeexp_list_prints_every_kind_and_name():
         assert any(all(name in line for name in registry.names()) for line in kind_lines), registry.kind
     # the YAML options of each config group are listed too (mlp is a config, not a builder)
     assert any(line.split()[:1] == ["model"] and "mlp" in line for line in lines)
+
+
+def test_list_with_a_config_dir_shows_the_users_options_beside_the_built_in_ones(tmp_path, capsys):
+    from aeexp.__main__ import main
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "wide.yaml").write_text("name: fc\nlatent_dim: 512\n")
+    (tmp_path / "model" / "fc.yaml").write_text("name: fc\nlatent_dim: 7\n")  # Hydra finds the built-in fc first
+    (tmp_path / "mygroup").mkdir()
+    (tmp_path / "mygroup" / "x.yaml").write_text("a: 1\n")
+    main(["list", "--config-dir", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    model = lines.index(next(line for line in lines if line.split()[:1] == ["model"] and "mlp" in line))
+    assert "wide" not in lines[model]  # the built-in line holds the built-in options only
+    assert lines[model + 1].split() == ["yours:", "fc", "(unused:", "the", "built-in", "fc", "comes", "first;",
+                                        "rename", "yours),", "wide"]
+    assert any(line.split() == ["mygroup", "yours:", "x"] for line in lines)
+    assert any(str(tmp_path) in line and "--config-dir" in line for line in lines)
+
+    main(["list"])  # without --config-dir: the built-in options only
+    assert "yours" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["list", "--config-dir", str(tmp_path / "nosuch")])
+    assert exit_info.value.code == 2 and "no such folder" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from conftest import REPO
 EXPERIMENTS = "fc_shallow,topk5,topk16,denoise_gaussian,hinton30"
 
 
+@pytest.mark.slow
 def test_reproduce_quick_runs_end_to_end(tmp_path):
     docs_report = REPO / "docs" / "RESULTS.md"
     before = docs_report.stat().st_mtime_ns if docs_report.exists() else None
@@ -65,6 +66,7 @@ def test_reproduce_refuses_an_unknown_experiment(capsys):
     assert reproduce.parse_args(["--out", str(REPO / "docs")]).report == REPO / "docs" / "RESULTS.md"
 
 
+@pytest.mark.slow
 def test_reproduce_writes_no_report_when_every_experiment_fails(tmp_path):
     out = tmp_path / "report"
     out.mkdir()

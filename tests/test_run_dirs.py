@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 from cli_runner import run_cli
-from conftest import small_run
+from conftest import inner_loop, small_run
 
 from aeexp.config import ConfigError
 from aeexp import checkpoints as files
@@ -56,7 +56,7 @@ def refused(tmp_path, run, *args):
     return lines[0]
 
 
-@pytest.mark.parametrize("keep", [["best.pt"], ["metrics.json"], ["last.pt"], ["events"]],
+@pytest.mark.parametrize("keep", inner_loop([(["best.pt"],), (["metrics.json"],), (["last.pt"],), (["events"],)], 1),
                          ids=["only_best", "only_metrics", "only_last", "only_events"])
 def test_any_result_makes_an_existing_run(finished, tmp_path, keep):
     run = copy_of(finished, tmp_path, keep)
@@ -89,8 +89,8 @@ def test_a_refused_run_leaves_hydra_files_and_log_untouched(finished, tmp_path):
     refused(tmp_path, run, "model.latent_dim=16")  # the existing-run refusal: a different command
 
 
-@pytest.mark.parametrize("bad", [["trainer.epochs=0"], ["optimizer.lr=-1"],
-                                 ["dataset=mnist", "dataset.root=nowhere", "dataset.download=false"]],
+@pytest.mark.parametrize("bad", inner_loop([(["trainer.epochs=0"],), (["optimizer.lr=-1"],),
+                                            (["dataset=mnist", "dataset.root=nowhere", "dataset.download=false"],)], 1),
                          ids=["epochs", "lr", "no_data"])
 def test_a_command_refused_before_training_leaves_no_run_folder(tmp_path, bad):
     base = [o for o in TINY if not (o.startswith("dataset") and bad[0].startswith("dataset"))]

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import small_run
+from conftest import inner_loop, small_run
 
 from aeexp.config import ConfigError, validate
 from aeexp.sparsity.lifetime import LifetimeSparsity
@@ -197,7 +197,7 @@ def test_topk_tracks_how_long_each_latent_has_not_fired():
 # ------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "overrides, key",
-    [
+    inner_loop([
         (["sparsity=topk", "sparsity.k=0"], "sparsity.k"),
         (["sparsity=topk", "sparsity.aux_weight=-1"], "sparsity.aux_weight"),
         (["sparsity=lifetime", "sparsity.k=0"], "sparsity.k"),
@@ -208,7 +208,7 @@ def test_topk_tracks_how_long_each_latent_has_not_fired():
         (["sparsity=kl", "sparsity.weight=-1"], "sparsity.weight"),
         (["sparsity=kl", "sparsity.normalize=none"], "sparsity.normalize"),
         (["sparsity=batch_topk", "sparsity.eval_mode=nearest"], "sparsity.eval_mode"),
-    ],
+    ], 3),
 )
 def test_bad_sparsity_values_fail_validation_naming_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:

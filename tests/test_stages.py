@@ -18,7 +18,7 @@ from aeexp.training.run import run_training
 from aeexp.models.factory import build_model
 from aeexp.training.stages import plan_stages, stage_model
 from aeexp.training.trainer import Trainer
-from conftest import small_run
+from conftest import inner_loop, small_run
 
 SHAPE = (1, 28, 28)
 LAYERWISE = ("experiment=deep_fc_layerwise", "trainer.batch_size=64")
@@ -196,7 +196,7 @@ def test_the_plateau_stop_ends_a_stage_not_the_run(tmp_path):
     assert "stop_reason" in metrics
 
 
-@pytest.mark.parametrize("recipe", ["layerwise", "tied_then_untied"])
+@pytest.mark.parametrize("recipe", [pytest.param("layerwise", marks=pytest.mark.slow), "tied_then_untied"])
 def test_resume_inside_stage_2_continues_it_and_ends_like_an_uninterrupted_run(tmp_path, recipe):
     overrides = {"layerwise": LAYERWISE, "tied_then_untied": TIED_THEN_UNTIED}[recipe] + ("trainer.epochs=2",)
     whole, split = tmp_path / "whole", tmp_path / "split"
@@ -233,7 +233,7 @@ def test_resume_inside_stage_2_continues_it_and_ends_like_an_uninterrupted_run(t
 
 
 # --------------------------------------------------------------- fail before work
-@pytest.mark.parametrize(("override", "key"), [
+@pytest.mark.parametrize(("override", "key"), inner_loop([
     ("trainer.stages=[{epochs:0}]", "trainer.stages[0].epochs"),
     ("trainer.stages=[{depth:0}]", "trainer.stages[0].depth"),
     ("trainer.stages=[{train:[]}]", "trainer.stages[0].train"),
@@ -241,7 +241,7 @@ def test_resume_inside_stage_2_continues_it_and_ends_like_an_uninterrupted_run(t
     ("trainer.stages=[{},{scheduler:{patience:-1}}]", "trainer.stages[1].scheduler.patience"),
     ("trainer.stages=[{bogus:1}]", "trainer.stages[0].bogus"),
     ("trainer.stages=[{depth:2}]", "trainer.stages[0].depth"),  # model=fc has one layer
-])
+], 3))
 def test_bad_stages_fail_at_validation_naming_the_stage(override, key):
     with pytest.raises(ConfigError) as info:
         validate(small_run(override))

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from conftest import REPO, small_run, tiny_idx_set, write_idx_set
 
 from aeexp.checkpoints import CheckpointError
@@ -29,6 +30,7 @@ def statuses(sweep_dir):
     return {p.parent.name: json.loads(p.read_text())["status"] for p in sweep_dir.glob("*/metrics.json")}
 
 
+@pytest.mark.slow
 def test_joblib_sweep_of_four_jobs_on_two_workers(tmp_path):
     sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.latent_dim=8,16",
           "sparsity=none,l1")
@@ -37,11 +39,13 @@ def test_joblib_sweep_of_four_jobs_on_two_workers(tmp_path):
     assert any("model.latent_dim=16" in name and "sparsity=l1" in name for name in done)  # readable names
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_of_two_jobs(tmp_path):
     sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "model.latent_dim=8,16")
     assert list(statuses(tmp_path).values()) == ["completed", "completed"]
 
 
+@pytest.mark.slow
 def test_rerun_sweep_skips_finished_jobs_and_resumes_the_others(tmp_path):
     sweep(tmp_path, "model.latent_dim=8,16", "trainer.epochs=2")
     finished = next(tmp_path.glob("0-*latent_dim=8*"))
@@ -62,6 +66,7 @@ def test_rerun_sweep_skips_finished_jobs_and_resumes_the_others(tmp_path):
     assert json.loads((unfinished / "metrics.json").read_text())["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_others_and_is_listed(tmp_path):
     result = sweep(tmp_path, "optimizer.lr=1e-3,1e6,-1", check=False)
     output = result.stdout + result.stderr
@@ -77,6 +82,7 @@ def test_a_failing_job_does_not_stop_the_others_and_is_listed(tmp_path):
     assert not (tmp_path / ".aeexp-refused.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_sweep_without_resume_refuses_each_job_and_changes_nothing(tmp_path):
     sweep(tmp_path, "model.latent_dim=8,16")
     before = snapshot(tmp_path)
@@ -90,6 +96,7 @@ def test_rerunning_a_finished_sweep_without_resume_refuses_each_job_and_changes_
     assert set(statuses(tmp_path).values()) == {"completed"}
 
 
+@pytest.mark.slow
 def test_jobs_differing_only_in_an_unnamed_key_get_their_own_folders(tmp_path):
     data = tmp_path / "data"
     for copy in ("a", "b"):
@@ -109,11 +116,20 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_optuna_search_returns_the_metric_to_the_sweeper(tmp_path):
-    sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2")
-    results = (tmp_path / "optimization_results.yaml").read_text()
-    assert "best_params" in results and "best_value" in results
-    assert len(statuses(tmp_path)) == 2
+@pytest.mark.slow
+@pytest.mark.parametrize(("search", "sparsity"), [("hparams_search=optuna", "none"), ("experiment=search_l1", "l1")])
+def test_optuna_search_returns_the_metric_to_the_sweeper(tmp_path, search, sparsity):
+    sweep(tmp_path, search, "hydra.sweeper.n_trials=2")
+    results = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    jobs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/metrics.json"))]
+    assert len(jobs) == 2 and {job["status"] for job in jobs} == {"completed"}
+    # what Optuna was told is what the jobs measured: the best trial's value is a job's best_score
+    assert results.best_value == min(job["best_score"] for job in jobs)
+    assert results.best_value in [job["best_score"] for job in jobs]
+    searched = {"optimizer.lr", "model.latent_dim"} | ({"sparsity.weight"} if sparsity == "l1" else set())
+    assert set(results.best_params) == searched  # hparams_search=optuna changes the sweeper only
+    configs = [OmegaConf.load(p) for p in sorted(tmp_path.glob("*/.hydra/config.yaml"))]
+    assert [cfg.sparsity.name for cfg in configs] == [sparsity, sparsity]
 
 
 def test_truncated_last_checkpoint_gives_one_clear_message_and_best_is_the_way_out(tmp_path):
@@ -128,6 +144,7 @@ def test_truncated_last_checkpoint_gives_one_clear_message_and_best_is_the_way_o
     torch.load(last, weights_only=True)
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_through_train_py_is_one_line(tmp_path):
     run_training(small_run("trainer.epochs=1"), tmp_path)
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")

@@ -29,10 +29,10 @@ from aeexp.sparsity import Sparsity
 from aeexp.checkpoints import CheckpointError, load_checkpoint
 from aeexp.training.run import run_training
 from aeexp.trust import UntrustedConfigError, find_targets, guard_loaded_config, settle_loaded_config
-from conftest import CONF_DIR, REPO, small_run
+from conftest import (BEST, CONF_DIR, PICKLES, REPO, YAML_TAGS, copy_payload, small_run, stored_config,
+                      write_config, write_config_text)
 
 VICTIM_TEXT = b"precious data that a checkpoint must never overwrite\n"
-BEST = Path("checkpoints") / "best.pt"
 
 
 # ------------------------------------------------------------------------- helpers
@@ -59,25 +59,6 @@ def tree(folder: Path) -> dict[str, str]:
         if p.is_file() else "dir"
         for p in sorted(folder.rglob("*"))
     }
-
-
-def stored_config(run_dir: Path) -> dict:
-    state = torch.load(run_dir / BEST, weights_only=True)
-    return OmegaConf.to_container(OmegaConf.create(state["config"]))
-
-
-def write_config_text(run_dir: Path, text: str) -> None:
-    state = torch.load(run_dir / BEST, weights_only=True)
-    state["config"] = text
-    torch.save(state, run_dir / BEST)
-
-
-def write_config(run_dir: Path, config: dict) -> None:
-    write_config_text(run_dir, yaml.safe_dump(config, sort_keys=False))
-
-
-def copy_payload(source, dest) -> dict:
-    return {"_target_": "shutil.copyfile", "_args_": [str(source), str(dest)]}
 
 
 # Each route puts a payload somewhere in the stored config; the payload either empties the
@@ -133,37 +114,6 @@ def yaml_tag_text(site, tag_value: str) -> str:
     cfg = stored_config(site["run"])
     del cfg["dataset"]
     return yaml.safe_dump(cfg, sort_keys=False) + f"dataset: {tag_value}\n"
-
-
-YAML_TAGS = {
-    "copyfile": lambda site: f"!!python/object/apply:shutil.copyfile ['{os.devnull}', '{site['victim']}']",
-    "os_system": lambda site: f"!!python/object/apply:os.system ['touch {site['created']}']",
-    "name": lambda site: "!!python/name:shutil.copyfile",
-}
-
-
-class CopyOnLoad:
-    """Unpickling this calls shutil.copyfile: a checkpoint that would run code when loaded."""
-
-    def __init__(self, source, dest):
-        self.source, self.dest = str(source), str(dest)
-
-    def __reduce__(self):
-        return shutil.copyfile, (self.source, self.dest)
-
-
-class SystemOnLoad:
-    def __init__(self, command: str):
-        self.command = command
-
-    def __reduce__(self):
-        return os.system, (self.command,)
-
-
-PICKLES = {
-    "copyfile": lambda site: CopyOnLoad(os.devnull, site["victim"]),
-    "os_system": lambda site: SystemOnLoad(f"touch {site['created']}"),
-}
 
 
 def write_pickle_payload(site, kind: str) -> None:
@@ -222,6 +172,7 @@ def test_target_in_a_loaded_config_is_refused_and_runs_nothing(site, route):
     assert_untouched(site, before)
 
 
+@pytest.mark.slow
 def test_the_issue_example_through_evaluate_py(site):
     """``dataset: {_target_: shutil.copyfile, _args_: [/dev/null, <victim>]}``, as a user runs it."""
     cfg = stored_config(site["run"])
@@ -262,6 +213,7 @@ def test_code_running_pickle_is_refused_in_our_words(site, kind):
     assert_untouched(site, before)
 
 
+@pytest.mark.slow
 def test_code_running_pickle_through_evaluate_py(site):
     write_pickle_payload(site, "copyfile")
     before = tree(site["root"])
