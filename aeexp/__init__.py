@@ -12,6 +12,7 @@ set_openmp_defaults()  # before torch is imported: libgomp reads the environment
 
 from aeexp import data, models, sparsity, sweeps, training  # noqa: E402,F401  (registration, after the OpenMP defaults)
 from aeexp.registry import ALL_REGISTRIES
+from aeexp.runs import LoadedRun, load_run
 
 __version__ = "0.1.0"
-__all__ = ["ALL_REGISTRIES", "__version__"]
+__all__ = ["ALL_REGISTRIES", "LoadedRun", "__version__", "load_run"]

@@ -65,7 +65,27 @@ def main(argv: list[str] | None = None) -> None:
     listing.add_argument("--config-dir", "-cd", type=Path, default=None, metavar="DIR",
                          help="a folder of your own config groups (as train.py --config-dir DIR takes it): "
                               "its options are listed beside the built-in ones, marked 'yours'")
+    exporting = commands.add_parser("export", help="write a run's codes (and labels) of a split to .npy / .pt",
+                                    description=__import__("aeexp.export").export.__doc__.split("\n\n")[1])
+    exporting.add_argument("args", nargs="*", metavar="key=value",
+                           help="run_dir=<dir> (required), split=test|val|train, which=best|last, format=npy|pt, "
+                                "out=<folder>, device=cpu|cuda|auto, batch_size=2048")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        import logging
+
+        from aeexp.cli import USER_ERRORS
+        from aeexp.export import export_codes
+        from aeexp.runs import RunDirError
+
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        try:
+            files = export_codes(args.args)
+        except USER_ERRORS + (RunDirError, OSError) as err:
+            logging.getLogger("aeexp.export").error("%s", err)  # one line, no traceback
+            raise SystemExit(2) from None
+        print(f"codes: {files['codes']}\nlabels: {files['labels']}")
+        return
     if args.command == "list":
         if args.config_dir is not None and not args.config_dir.is_dir():
             listing.error(f"--config-dir: got '{args.config_dir}': no such folder")

@@ -78,3 +78,16 @@ def test_export_refuses_bad_arguments_in_one_line(trained):
         export_codes([f"run_dir={trained}", "split=dev"])
     with pytest.raises(ConfigError, match="unknown argument 'colour=red'"):
         export_codes([f"run_dir={trained}", "colour=red"])
+
+
+def test_python_m_aeexp_export_writes_codes_from_the_command_line(trained, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "aeexp", "export", f"run_dir={trained}", "split=val",
+                           f"out={tmp_path}"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert np.load(tmp_path / "val_codes.npy").shape == (64, 8) and (tmp_path / "val_labels.npy").exists()
+    bad = subprocess.run([sys.executable, "-m", "aeexp", "export", "run_dir=/nonexistent"], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no such directory" in bad.stderr

@@ -38,10 +38,12 @@ def openmp_settings(env_changes: dict[str, str]) -> str:
     return done.stderr
 
 
+@pytest.mark.slow
 def test_importing_aeexp_first_makes_libgomp_wait_passively():
     assert "GOMP_SPINCOUNT = '0'" in openmp_settings({})  # PASSIVE: no spinning before sleeping
 
 
+@pytest.mark.slow
 def test_a_users_spin_count_reaches_libgomp():
     assert "GOMP_SPINCOUNT = '300000'" in openmp_settings({"GOMP_SPINCOUNT": "300000"})
 

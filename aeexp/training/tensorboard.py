@@ -13,6 +13,8 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
+        if name == "paths":
+            continue  # where files live on this machine: not a hyperparameter to compare runs by
         if isinstance(value, dict):
             flat.update(flatten_config(value, f"{name}."))
         elif value is None:
