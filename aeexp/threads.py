@@ -4,11 +4,12 @@ torch runs its CPU kernels on an OpenMP thread team (one thread per core by defa
 parallel region ends, a thread that is done waits for the others, and OpenMP's default
 waiting spins: GNU libgomp, which torch's Linux wheels use, busy-waits up to 300,000 rounds
 (a few milliseconds) before it sleeps. On an idle machine that makes the next region start
-sooner. Beside other work it is a collapse: a thread spins on a core for milliseconds while
+sooner. Beside other work it can be a collapse: a thread spins on a core for milliseconds while
 the thread it waits for is not running, and the default fc model does thousands of small
-regions per epoch. Measured on this project's 2-core machine (README, "Busy machines"): 0.45 s
-per epoch idle, 31 s per epoch beside one process doing small matrix products with torch's
-defaults (67x).
+regions per epoch. Measured on this project's 2-core machine (README, "Busy machines"): about
+0.5 s per epoch idle, 28 s beside one process doing small matrix products with torch's
+defaults. Waiting passively, the same run took 0.94-1.11 s beside it (1.7x-1.9x its idle
+time), at the price of slower idle epochs (0.57 s against 0.48 s, medians).
 
 Two measures, applied where aeexp is first imported (``train.py``, ``evaluate.py``, tests
 and scripts that ``import aeexp`` before torch):
