@@ -1,7 +1,9 @@
-"""The pictures of the first seed's figures, as image tensors (C, H, W) in [0, 1].
+"""The pictures of the first seed's figures, shared by training and evaluation.
 
 (a) inputs above their reconstructions, (b) the codes of a batch of samples as an image
-(samples x features), (c) the decoder's dictionary: its output for each one-hot code.
+(samples x features), (c) the decoder's dictionary: its output for each one-hot code, all
+three as image tensors (C, H, W) in [0, 1]; (d) a scatter of the codes coloured by class, as
+a matplotlib figure (:func:`code_scatter`; :func:`figure_image` turns it into such a tensor).
 The trainer sends them (:func:`training_pictures`) to TensorBoard and to PNG files in the run
 directory; `evaluate.py` draws the same panels on the test split.
 """
@@ -9,9 +11,13 @@ directory; `evaluate.py` draws the same panels on the test split.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torchvision.utils import make_grid
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def reconstruction_rows(*rows: torch.Tensor) -> torch.Tensor:
@@ -38,32 +44,66 @@ def dictionary_grid(model: torch.nn.Module, code_shape: tuple[int, ...]) -> torc
                      scale_each=True, pad_value=1.0)
 
 
-def latent_scatter(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Two-dimensional codes as a scatter plot coloured by class, like the first seed's
-    784-128-64-32-2 figure and the second seed's 2-D latent plot; an RGB image tensor."""
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend: files and tensors only, no display on a server
+    or in CI. Imported on first use, so a run without a scatter never pays for matplotlib."""
     import matplotlib
 
-    matplotlib.use("Agg")  # renders without a display
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    points = codes.detach().float().reshape(len(codes), -1).cpu().numpy()
+    return plt
+
+
+def code_scatter(codes: torch.Tensor, labels: torch.Tensor, title: str) -> Figure:
+    """Codes as a scatter plot coloured by class, like the first seed's 784-128-64-32-2 figure
+    and the second seed's 2-D latent plot: 2-D codes as they are, wider codes projected on
+    their first two principal components. Up to 20 classes get a colour each (tab10, tab20)
+    and a legend; more get a colour scale. The caller saves or renders the figure, then closes it."""
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    codes = codes.detach().double().flatten(1).cpu()
+    if codes.shape[1] == 2:
+        points, names = codes, ("z[0]", "z[1]")
+    else:
+        centred = codes - codes.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        points, names = centred @ v[:2].T, ("PC 1 of the codes", "PC 2 of the codes")
+    points = points.numpy()
     classes = labels.detach().cpu().numpy()
     num_classes = int(classes.max()) + 1 if len(classes) else 1
     figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
+    if num_classes <= 20:
+        # A fixed palette: class k has the same colour in every figure, whatever classes it shows.
+        palette = 10 if num_classes <= 10 else 20
+        cmap = plt.get_cmap(f"tab{palette}")
+        axes.scatter(points[:, 0], points[:, 1], c=classes, s=3, alpha=0.7, cmap=cmap, vmin=-0.5,
+                     vmax=palette - 0.5)
+        handles = [Line2D([], [], linestyle="", marker="o", markersize=5, color=cmap(k), label=str(k))
+                   for k in sorted({int(c) for c in classes})]
+        axes.legend(handles=handles, title="class", loc="best", fontsize=7, ncol=1 if num_classes <= 10 else 2)
+    else:
+        scatter = axes.scatter(points[:, 0], points[:, 1], c=classes, s=3, alpha=0.7, cmap="viridis",
+                               vmin=0, vmax=num_classes - 1)
+        figure.colorbar(scatter, ax=axes, label="class")
+    axes.set_xlabel(names[0])
+    axes.set_ylabel(names[1])
+    axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def figure_image(figure: Figure) -> torch.Tensor:
+    """A matplotlib figure rendered as an RGB image tensor (3, H, W) in [0, 1], for the
+    pictures that go where tensors go (TensorBoard's add_image, save_image); closes the figure."""
+    import numpy as np
+
     try:
-        scatter = axes.scatter(points[:, 0], points[:, 1], c=classes, s=2, alpha=0.6,
-                               cmap="tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "viridis",
-                               vmin=-0.5, vmax=num_classes - 0.5)
-        figure.colorbar(scatter, ax=axes, ticks=range(num_classes) if num_classes <= 20 else None, label="class")
-        axes.set_xlabel("z[0]")
-        axes.set_ylabel("z[1]")
-        axes.set_title(f"validation codes ({len(points)} samples)")
-        figure.tight_layout()
         figure.canvas.draw()
         rgba = torch.from_numpy(np.asarray(figure.canvas.buffer_rgba()).copy())
     finally:
-        plt.close(figure)
+        _pyplot().close(figure)
     return rgba[..., :3].permute(2, 0, 1).float() / 255.0
 
 
@@ -86,5 +126,7 @@ def training_pictures(model: torch.nn.Module, fixed_batch: torch.Tensor, code_ba
         noisy = noise(fixed_batch, noise.val_generator(fixed_batch.device))
         pictures["denoising"] = reconstruction_rows(noisy, model(noisy)[0], fixed_batch)
     if codes[0].numel() == 2 and validation_codes is not None:
-        pictures["latent_scatter"] = latent_scatter(*validation_codes())
+        val_codes, val_labels = validation_codes()
+        pictures["latent_scatter"] = figure_image(
+            code_scatter(val_codes, val_labels, f"validation codes ({len(val_codes)} samples)"))
     return pictures

@@ -25,7 +25,7 @@ from aeexp.evaluation import check_settings, evaluate_run, find_runs
 from aeexp.evaluation.denoising import noise_at
 from aeexp.evaluation.probes import knn_accuracy, probe_accuracy
 from aeexp.evaluation.semi_supervised import labelled_subset
-from aeexp.evaluation.sweep import varying_keys
+from aeexp.evaluation.sweep_table import varying_keys
 from aeexp.training.run import run_training
 from conftest import REPO, small_run
 

@@ -1,45 +1,22 @@
 """The evaluation's pictures, as PNG files in ``<run>/eval/`` and images in TensorBoard.
 
-They reuse the trainer's panels (:mod:`aeexp.pictures`) on the test split, and add
-what only evaluation has: the PCA reconstruction beside the model's, the codes sorted by
-class, denoising triplets per noise level, and a scatter of the codes coloured by class.
+They reuse the trainer's panels (:mod:`aeexp.pictures`) on the test split, the scatter of
+the codes coloured by class included (there for any code width, wider codes on their first two
+principal components), and add what only evaluation has: the PCA reconstruction beside the
+model's, the codes sorted by class, and denoising triplets per noise level.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import save_image
 
-matplotlib.use("Agg")  # files only: no display on a server or in CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
-from torchvision.utils import save_image  # noqa: E402
-
-from aeexp.data.images import to_float  # noqa: E402
-from aeexp.evaluation.denoising import noise_at  # noqa: E402
-from aeexp.pictures import code_image, dictionary_grid, reconstruction_rows  # noqa: E402
-
-
-def latent_scatter(codes: torch.Tensor, labels: torch.Tensor, title: str) -> plt.Figure:
-    """2-D codes as they are; wider codes projected on their first two principal components."""
-    codes = codes.double()
-    if codes.shape[1] == 2:
-        points, axes = codes, ("z1", "z2")
-    else:
-        centred = codes - codes.mean(0)
-        _, _, v = torch.linalg.svd(centred, full_matrices=False)
-        points, axes = centred @ v[:2].T, ("PC 1 of the codes", "PC 2 of the codes")
-    figure, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    scatter = ax.scatter(points[:, 0], points[:, 1], c=labels.numpy(), cmap="tab10", s=4, alpha=0.7)
-    ax.legend(*scatter.legend_elements(), title="class", loc="best", fontsize=7, markerscale=0.8)
-    ax.set_xlabel(axes[0])
-    ax.set_ylabel(axes[1])
-    ax.set_title(title, fontsize=9)
-    figure.tight_layout()
-    return figure
+from aeexp.data.images import to_float
+from aeexp.evaluation.denoising import noise_at
+from aeexp.pictures import code_image, code_scatter, dictionary_grid, reconstruction_rows
 
 
 @torch.no_grad()
@@ -71,7 +48,7 @@ def write_figures(model: torch.nn.Module, data, test_codes: torch.Tensor, pca_im
         writer.add_image(f"eval/{name}", image, step)
         written.append(f"{name}.png")
     m = min(settings.scatter_samples, len(test_codes))
-    figure = latent_scatter(test_codes[:m], data.test_labels[:m], f"test codes ({m} samples, {test_codes.shape[1]}-D)")
+    figure = code_scatter(test_codes[:m], data.test_labels[:m], f"test codes ({m} samples, {test_codes.shape[1]}-D)")
     figure.savefig(out_dir / "latent_scatter.png")
     writer.add_figure("eval/latent_scatter", figure, step)  # closes the figure
     written.append("latent_scatter.png")
