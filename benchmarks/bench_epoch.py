@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aeexp  # noqa: F401  (first: its OpenMP wait policy must be set before torch loads, as in train.py)
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir

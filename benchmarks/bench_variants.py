@@ -21,6 +21,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import aeexp  # noqa: F401  (first: its OpenMP wait policy must be set before torch loads, as in train.py)
 import torch
 from bench_epoch import REPO, clock
 from hydra import compose, initialize_config_dir

@@ -40,12 +40,12 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's aeexp, wherever the script is launched from
 
+import aeexp  # noqa: E402,F401  (first: sets OpenMP's wait policy before torch loads; registers components)
 import hydra  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-import aeexp  # noqa: E402,F401  (registers every built-in component)
 from aeexp.cli import USER_ERRORS  # noqa: E402
 from aeexp.evaluation import RunDirError, check_settings, evaluate_run, load_run  # noqa: E402
 from aeexp.device import resolve_device  # noqa: E402
