@@ -57,7 +57,7 @@ def find_runs(root: Path) -> list[Path]:
     return sorted(p.parent.parent for p in root.rglob(".hydra/overrides.yaml") if p.parent.parent != root)
 
 
-def check_run_dir(run_dir: Path, which: str = "best") -> Path:
+def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
     """``run_dir/checkpoints/<which>.pt``, or RunDirError saying what is missing."""
     if which not in ("best", "last"):
         raise RunDirError(f"which: got {which!r}, allowed: best, last")
@@ -86,7 +86,7 @@ def load_run(run_dir: Path | str, which: str = "best", device: torch.device | st
     (``eval.trust_targets=true``), which logs each target before it is built.
     """
     run_dir = Path(run_dir)
-    path = check_run_dir(run_dir, which)
+    path = checkpoint_path(run_dir, which)
     state = load_checkpoint(path, map_location="cpu")  # weights_only=True: loading runs no code
     from aeexp.trust import read_loaded_config
 

@@ -133,7 +133,7 @@ def resume_trainer(trainer, checkpoint) -> bool:
     Resuming from ``best.pt`` moves a damaged ``last.pt`` aside (``last.pt.damaged``)
     rather than losing it.
     """
-    if checkpoint is None:  # run.check_run_dir allows this only in a directory without results
+    if checkpoint is None:  # run_dir.check_run_dir allows this only in a directory without results
         log.info("trainer.resume=true but %s does not exist (and the run directory holds no results): "
                  "starting from scratch", trainer.checkpoints.path(trainer.settings.resume_from))
         return False

@@ -36,7 +36,7 @@ from aeexp.training.interrupts import InterruptWatch, TrainingInterrupted
 from aeexp.training.optim import should_stop, step_scheduler
 from aeexp.training.run_log import EpochRecord, RunLog
 from aeexp.training.stages import Stage, plan_stages, stage_model
-from aeexp.training.validation import monitored_metric, validate, validation_codes
+from aeexp.training.validation import monitored_metric, validation_codes, validation_figures
 
 log = logging.getLogger(__name__)
 
@@ -240,5 +240,5 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         """Validation figures of the current model (eval mode: lifetime sparsity off)."""
-        return validate(self.model, self.data.val_images, self.settings.val_batch_size, self.device,
-                        self.precision, self.noise)
+        return validation_figures(self.model, self.data.val_images, self.settings.val_batch_size, self.device,
+                                  self.precision, self.noise)

@@ -22,8 +22,8 @@ from aeexp.metrics import DenoisingStats, ReconstructionStats
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, images, batch_size: int, device: torch.device, precision: str,
-             noise=None) -> dict[str, Any]:
+def validation_figures(model: torch.nn.Module, images, batch_size: int, device: torch.device, precision: str,
+                       noise=None) -> dict[str, Any]:
     model.eval()
     stats = ReconstructionStats()
     for clean in index_batches(images, batch_size):
