@@ -220,7 +220,11 @@ def ensure_idx_files(name: str, root: str | Path, download: bool) -> Path:
 
 
 def load_torchvision(
-    name: str, root: str = "data", val_size: int = 5000, download: bool = True, split_seed: int = 0
+    name: str,
+    root: str = TorchvisionDatasetConfig.root,
+    val_size: int = TorchvisionDatasetConfig.val_size,
+    download: bool = TorchvisionDatasetConfig.download,
+    split_seed: int = TorchvisionDatasetConfig.split_seed,
 ) -> ImageSplits:
     """Train / validation carved from the official training split, and the official test split."""
     ensure_idx_files(name, root, download)
@@ -282,14 +286,14 @@ def _smooth_patterns(count: int, channels: int, height: int, width: int, g: torc
 
 @DATASETS.register("synthetic", schema=SyntheticDatasetConfig)
 def load_synthetic(
-    num_train: int = 2048,
-    num_val: int = 512,
-    num_test: int = 512,
-    channels: int = 1,
-    height: int = 28,
-    width: int = 28,
-    num_classes: int = 10,
-    seed: int = 0,
+    num_train: int = SyntheticDatasetConfig.num_train,
+    num_val: int = SyntheticDatasetConfig.num_val,
+    num_test: int = SyntheticDatasetConfig.num_test,
+    channels: int = SyntheticDatasetConfig.channels,
+    height: int = SyntheticDatasetConfig.height,
+    width: int = SyntheticDatasetConfig.width,
+    num_classes: int = SyntheticDatasetConfig.num_classes,
+    seed: int = SyntheticDatasetConfig.seed,
 ) -> ImageSplits:
     """Each image: its class's prototype plus a random mix of shared variation patterns;
     train, validation and test are independent draws.

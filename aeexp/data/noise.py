@@ -64,7 +64,13 @@ class GaussianNoiseConfig:
 class GaussianNoise(Noise):
     """x + std * N(0, 1), clamped back to [0, 1] unless ``clamp=false``."""
 
-    def __init__(self, std: float = 0.3, clamp: bool = True, on_val: bool = True, val_seed: int = 1234):
+    def __init__(
+        self,
+        std: float = GaussianNoiseConfig.std,
+        clamp: bool = GaussianNoiseConfig.clamp,
+        on_val: bool = GaussianNoiseConfig.on_val,
+        val_seed: int = GaussianNoiseConfig.val_seed,
+    ):
         super().__init__(on_val, val_seed)
         self.std, self.clamp = std, clamp
 
@@ -102,7 +108,13 @@ def random_pixels(
 class MaskingNoise(Noise):
     """Exactly ``fraction`` of each sample's entries set to ``value`` (0: dropped pixels)."""
 
-    def __init__(self, fraction: float = 0.25, value: float = 0.0, on_val: bool = True, val_seed: int = 1234):
+    def __init__(
+        self,
+        fraction: float = MaskingNoiseConfig.fraction,
+        value: float = MaskingNoiseConfig.value,
+        on_val: bool = MaskingNoiseConfig.on_val,
+        val_seed: int = MaskingNoiseConfig.val_seed,
+    ):
         super().__init__(on_val, val_seed)
         self.fraction, self.value = fraction, value
 
@@ -126,7 +138,12 @@ class SaltPepperNoiseConfig:
 class SaltPepperNoise(Noise):
     """Exactly ``fraction`` of each sample's entries replaced: half by 0, half by 1."""
 
-    def __init__(self, fraction: float = 0.1, on_val: bool = True, val_seed: int = 1234):
+    def __init__(
+        self,
+        fraction: float = SaltPepperNoiseConfig.fraction,
+        on_val: bool = SaltPepperNoiseConfig.on_val,
+        val_seed: int = SaltPepperNoiseConfig.val_seed,
+    ):
         super().__init__(on_val, val_seed)
         self.fraction = fraction
 

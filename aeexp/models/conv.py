@@ -59,10 +59,14 @@ class ConvModelConfig:
     Decoder ``transpose``: a Linear back to the last feature map (when ``latent_dim`` is set),
     then the encoder mirrored in ConvTranspose2d layers; ``fc``: the hidden
     ``decoder_hidden`` Linear layers, then a Linear to C*H*W. Both end in
-    ``output_activation`` at the data's channel count."""
+    ``output_activation`` at the data's channel count. The defaults are ``conf/model/conv.yaml``:
+    two 3x3 stride-2 blocks of 16 and 32 channels, a 32-d code, a transpose decoder."""
 
     name: str = "conv"
-    encoder: list[ConvLayerConfig] = field(default_factory=list)
+    encoder: list[ConvLayerConfig] = field(default_factory=lambda: [
+        ConvLayerConfig(channels=16, kernel=3, stride=2, padding=1, activation="relu"),
+        ConvLayerConfig(channels=32, kernel=3, stride=2, padding=1, activation="relu"),
+    ])
     latent_dim: Optional[int] = 32
     code_activation: str = "none"
     decoder: str = "transpose"
@@ -164,12 +168,14 @@ def build_conv(
     input_shape: tuple[int, ...],
     bottleneck: nn.Module,
     encoder: list[dict],
-    latent_dim: Optional[int] = 32,
-    code_activation: str = "none",
-    decoder: str = "transpose",
-    decoder_hidden: list[dict] = (),
-    output_activation: str = "sigmoid",
+    latent_dim: Optional[int],
+    code_activation: str,
+    decoder: str,
+    decoder_hidden: list[dict],
+    output_activation: str,
 ) -> Autoencoder:
+    """Called through ``MODELS`` with a node checked against :class:`ConvModelConfig`, which
+    holds the defaults (every key is filled in)."""
     steps = conv_plan(tuple(input_shape), list(encoder))
     feature_shape = steps[-1][3]
     features = math.prod(feature_shape)

@@ -56,13 +56,15 @@ def build_fc(
     *,
     input_shape: tuple[int, ...],
     bottleneck: nn.Module,
-    latent_dim: int = 64,
+    latent_dim: int = FCModelConfig.latent_dim,
     encoder: list[dict] = (),
-    code_activation: str = "leaky_relu",
+    code_activation: str = FCModelConfig.code_activation,
     decoder: list[dict] = (),
-    output_activation: str = "leaky_relu",
-    tied: bool = False,
+    output_activation: str = FCModelConfig.output_activation,
+    tied: bool = FCModelConfig.tied,
 ) -> Autoencoder:
+    """Through ``MODELS`` every key comes from a node checked against :class:`FCModelConfig`;
+    the defaults here are the schema's own, for a node that names only a few keys."""
     in_features = math.prod(input_shape)
     hidden, size = linear_stack(in_features, list(encoder))
     encoder_net = nn.Sequential(

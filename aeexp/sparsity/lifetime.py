@@ -33,7 +33,7 @@ class LifetimeConfig:
 
 @SPARSITY.register("lifetime", schema=LifetimeConfig)
 class LifetimeSparsity(Sparsity):
-    def __init__(self, k: float = 0.05):
+    def __init__(self, k: float = LifetimeConfig.k):
         super().__init__()
         self.k = k
 

@@ -24,7 +24,7 @@ class L1Config:
 class L1Sparsity(Sparsity):
     """``weight * mean |z|`` over every code entry (the second seed's sparse autoencoder)."""
 
-    def __init__(self, weight: float = 1e-3):
+    def __init__(self, weight: float = L1Config.weight):
         super().__init__()
         self.weight = weight
 
@@ -64,7 +64,7 @@ class KLSparsity(Sparsity):
 
     eps = 1e-6
 
-    def __init__(self, weight: float = 1e-2, rho: float = 0.05, normalize: str = "auto"):
+    def __init__(self, weight: float = KLConfig.weight, rho: float = KLConfig.rho, normalize: str = KLConfig.normalize):
         super().__init__()
         if normalize == "auto":  # resolved by aeexp.config.validate; a direct user gets sigmoid
             normalize = "sigmoid"

@@ -119,7 +119,13 @@ class _SelectionSparsity(Sparsity):
 class TopKSparsity(_SelectionSparsity):
     """Each sample keeps its ``k`` largest code entries (training and evaluation alike)."""
 
-    def __init__(self, k: int = 16, aux_weight: float = 1 / 32, aux_k: int | None = None, dead_after: int = 10000):
+    def __init__(
+        self,
+        k: int = TopKConfig.k,
+        aux_weight: float = TopKConfig.aux_weight,
+        aux_k: int | None = TopKConfig.aux_k,
+        dead_after: int = TopKConfig.dead_after,
+    ):
         super().__init__(k, aux_weight, aux_k, dead_after)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -144,12 +150,12 @@ class BatchTopKSparsity(_SelectionSparsity):
 
     def __init__(
         self,
-        k: int = 16,
-        aux_weight: float = 1 / 32,
-        aux_k: int | None = None,
-        dead_after: int = 10000,
-        eval_mode: str = "threshold",
-        threshold_momentum: float = 0.01,
+        k: int = BatchTopKConfig.k,
+        aux_weight: float = BatchTopKConfig.aux_weight,
+        aux_k: int | None = BatchTopKConfig.aux_k,
+        dead_after: int = BatchTopKConfig.dead_after,
+        eval_mode: str = BatchTopKConfig.eval_mode,
+        threshold_momentum: float = BatchTopKConfig.threshold_momentum,
     ):
         super().__init__(k, aux_weight, aux_k, dead_after)
         self.eval_mode, self.momentum = eval_mode, threshold_momentum

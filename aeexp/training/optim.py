@@ -35,6 +35,15 @@ class AdamConfig:
 
 
 @dataclass
+class AdamWConfig(AdamConfig):
+    """Adam with decoupled weight decay; 1e-2 by default, as ``conf/optimizer/adamw.yaml``
+    and ``torch.optim.AdamW`` have it."""
+
+    name: str = "adamw"
+    weight_decay: float = 1e-2
+
+
+@dataclass
 class SGDConfig:
     name: str = "sgd"
     lr: float = 1e-2
@@ -47,18 +56,26 @@ class SGDConfig:
         require(0 <= self.momentum < 1, "momentum", self.momentum, "a value in [0, 1)")
 
 
+# The builders keep defaults, read from their schemas: a stage override that names another
+# optimizer or scheduler (``trainer.stages[i].optimizer: {name: sgd, lr: 0.1}``) is built from
+# its own keys alone (aeexp.training.stages.stage_group), so the rest come from here.
+
+
 @OPTIMIZERS.register("adam", schema=AdamConfig)
-def build_adam(params: Iterable, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+def build_adam(params: Iterable, lr: float, betas=(0.9, 0.999), eps: float = AdamConfig.eps,
+               weight_decay: float = AdamConfig.weight_decay):
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("adamw", schema=AdamConfig)
-def build_adamw(params: Iterable, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+@OPTIMIZERS.register("adamw", schema=AdamWConfig)
+def build_adamw(params: Iterable, lr: float, betas=(0.9, 0.999), eps: float = AdamWConfig.eps,
+                weight_decay: float = AdamWConfig.weight_decay):
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("sgd", schema=SGDConfig)
-def build_sgd(params: Iterable, lr: float, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0):
+def build_sgd(params: Iterable, lr: float, momentum: float = SGDConfig.momentum, nesterov: bool = SGDConfig.nesterov,
+              weight_decay: float = SGDConfig.weight_decay):
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
@@ -91,7 +108,8 @@ class PlateauScheduler(ReduceLROnPlateau):
 
 
 @SCHEDULERS.register("plateau", schema=PlateauConfig)
-def build_plateau(optimizer, epochs: int, factor: float = 0.1, patience: int = 10, stop_lr: float = 1e-5):
+def build_plateau(optimizer, epochs: int, factor: float = PlateauConfig.factor, patience: int = PlateauConfig.patience,
+                  stop_lr: float = PlateauConfig.stop_lr):
     return PlateauScheduler(optimizer, factor=factor, patience=patience, stop_lr=stop_lr)
 
 
@@ -105,7 +123,7 @@ class CosineConfig:
 
 
 @SCHEDULERS.register("cosine", schema=CosineConfig)
-def build_cosine(optimizer, epochs: int, min_lr: float = 0.0):
+def build_cosine(optimizer, epochs: int, min_lr: float = CosineConfig.min_lr):
     return CosineAnnealingLR(optimizer, T_max=epochs, eta_min=min_lr)
 
 
