@@ -86,10 +86,15 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
     log.info("data %s: %d train / %d val images of shape %s (validation: %s; the test split is left to "
              "evaluate.py); device %s", data.name or cfg.dataset.get("name"), len(data.train_images),
              len(data.val_images), data.shape, data.val_note, device)
-    log.info("model: %d parameters\n%s", sum(p.numel() for p in model.parameters()), model)
     trainer = Trainer(cfg, model, data.without_test(), run_dir, device, stop_requested)
     if cfg.trainer.resume:
         resume_trainer(trainer, checkpoint)
+    # The layers go to a file (and the debug log), so the console shows one line per epoch.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "model.txt").write_text(f"{model}\n")
+    log.info("model: %s, %s parameters (layers: %s)", type(model).__name__,
+             f"{sum(p.numel() for p in model.parameters()):,}", run_dir / "model.txt")
+    log.debug("%s", model)
     if on_start is not None:
         on_start()
     return trainer.fit()
