@@ -22,8 +22,9 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...]) -> torch.nn.Modul
 
     A registered model is first built on the ``meta`` device (no memory) and refused above
     ``trainer.max_parameters``; a ``_target_`` class must give what the trainer uses (an
-    :class:`~aeexp.models.Autoencoder`, a :class:`~aeexp.sparsity.Sparsity`), checked on the
-    built object. Each refusal is one ConfigError naming the key.
+    :class:`~aeexp.models.Autoencoder`, a :class:`~aeexp.sparsity.Sparsity`, or the same
+    interface: docs/guide.md, section 3), checked on the built object; the sparsity's optional
+    ``bind`` is called last. Each refusal is one ConfigError naming the key.
     """
     input_shape = tuple(input_shape)
     limit = _max_parameters(cfg)
@@ -36,15 +37,7 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...]) -> torch.nn.Modul
     check_autoencoder(model, cfg.model)
     if estimate is None:
         refuse_large_model(count_parameters(model), limit, input_shape)
-    bind = getattr(bottleneck, "bind", None)
-    if bind is not None:
-        # One sample through the encoder tells the code's width, which top-k must not exceed.
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            code = model.encoder(torch.zeros(1, *input_shape))
-        model.train(was_training)
-        bind(code[0].numel(), cfg.trainer.batch_size)
+    bind_sparsity(bottleneck, model, cfg.sparsity, input_shape, cfg.trainer.batch_size)
     return model
 
 
@@ -56,6 +49,8 @@ MODEL_CONTEXT = ("input_shape", "bottleneck")
 # What aeexp passes a group's builder besides the node's keys (see Registry.build's callers).
 BUILD_CONTEXT = {"model": MODEL_CONTEXT, "sparsity": (), "noise": (), "dataset": (), "optimizer": ("params",),
                  "scheduler": ("optimizer", "epochs")}
+# Where the whole interface of a model and a sparsity method is written; the messages point there.
+INTERFACE_DOC = "docs/guide.md, section 3"
 PYTHONPATH_HINT = ("is its module on PYTHONPATH? Run from the folder that holds it, or set "
                    "PYTHONPATH=/path/to/that/folder before python train.py / evaluate.py")
 
@@ -176,12 +171,10 @@ def _not_an(group: str, what: Any, missing: list[str]) -> str:
     built = f"{name} is" if isinstance(what, type) else f"the target built a {name}, which is"
     lacks = f" and lacks {', '.join(missing)}" if missing else ""
     if group == "model":
-        return (f"{built} not an aeexp Autoencoder{lacks}; allowed: a torch.nn.Module subclass of "
-                "aeexp.models.Autoencoder(encoder, bottleneck, decoder), or one with forward_parts(x) -> "
-                "(x_hat, z, code), encode(x), decode(z) and encoder, bottleneck, decoder modules; its "
-                "constructor gets input_shape and bottleneck")
-    return (f"{built} not an aeexp Sparsity{lacks}; allowed: a torch.nn.Module subclass of aeexp.sparsity.Sparsity, "
-            "or one with forward(z), penalty(z) and auxiliary(code, residual, decode)")
+        return (f"{built} not an aeexp Autoencoder{lacks}; allowed: an aeexp.models.Autoencoder, or a torch.nn.Module "
+                f"with forward_parts, encode, decode and encoder, bottleneck, decoder modules ({INTERFACE_DOC})")
+    return (f"{built} not an aeexp Sparsity{lacks}; allowed: a subclass of aeexp.sparsity.Sparsity, or a "
+            f"torch.nn.Module with forward, penalty and auxiliary ({INTERFACE_DOC})")
 
 
 def build_component(group: str, registry: Registry, node: Any, **context: Any) -> Any:
@@ -216,8 +209,8 @@ def check_autoencoder(model: Any, node: Any) -> None:
     if lacking:
         raise ConfigError(key, (
             f"the model's bottleneck is a {type(model.bottleneck).__name__}, which lacks {', '.join(lacking)}; "
-            "allowed: the bottleneck argument the model is called with (the sparsity module), passed on "
-            "as Autoencoder(encoder, bottleneck, decoder)"))
+            "allowed: the bottleneck argument the model is called with (the sparsity module), kept as "
+            f"Autoencoder(encoder, bottleneck, decoder) keeps it ({INTERFACE_DOC})"))
 
 
 def check_sparsity(module: Any, node: Any) -> None:
@@ -229,6 +222,40 @@ def check_sparsity(module: Any, node: Any) -> None:
     if missing or not isinstance(module, torch.nn.Module):
         raise ConfigError("sparsity._target_" if "_target_" in node else "sparsity",
                           _not_an("sparsity", module, missing))
+
+
+def bind_sparsity(bottleneck: Any, model: torch.nn.Module, node: Any, input_shape: tuple[int, ...],
+                  batch_size: int) -> None:
+    """Call the bottleneck's optional ``bind(code_features, batch_size)`` once the code's width
+    is known (one sample through the encoder): it sizes what depends on them and refuses, as a
+    ConfigError, what cannot work (top-k's k above the code width). What a user's ``bind``
+    raises otherwise, or a ``bind`` that cannot be called, is one ConfigError too."""
+    bind = getattr(bottleneck, "bind", None)
+    if bind is None:
+        return
+    key = "sparsity._target_" if "_target_" in node else "sparsity"
+    name = type(bottleneck).__name__
+    if not callable(bind):
+        raise ConfigError(key, f"{name}.bind is not callable ({type(bind).__name__}); allowed: a method "
+                          f"bind(code_features, batch_size), or none ({INTERFACE_DOC})")
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        code = model.encoder(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    features = code[0].numel()
+    try:
+        bind(features, batch_size)
+    except ConfigError:
+        raise
+    except Exception as err:
+        if type(bottleneck).__module__.split(".")[0] == "aeexp":
+            raise  # aeexp's own methods raise ConfigError; anything else is a bug to see in full
+        reason = " ".join(str(err).split()) or "no message"
+        raise ConfigError(key, (
+            f"{name}.bind({features}, {batch_size}) raised {type(err).__name__}: {reason}; allowed: a bind that "
+            f"accepts this code width and trainer.batch_size, or refuses with aeexp.config.ConfigError "
+            f"({INTERFACE_DOC})")) from None
 
 
 def config_input_shape(dataset: Any) -> Optional[tuple[int, int, int]]:
