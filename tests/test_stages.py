@@ -265,4 +265,18 @@ def test_a_stage_optimizer_override_reaches_the_optimizer():
     cfg = validate(small_run("trainer.stages=[{},{optimizer:{lr:1.0e-4}},{optimizer:{name:sgd,lr:0.1}}]"))
     stages = plan_stages(cfg)
     assert stages[0].optimizer["lr"] == 1e-3 and stages[1].optimizer["lr"] == 1e-4
-    assert stages[1].optimizer["name"] == "adam" and stages[2].optimizer == {"name": "sgd", "lr": 0.1}
+    assert stages[1].optimizer["name"] == "adam"
+    assert stages[2].optimizer == {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
+
+
+def test_a_stage_naming_another_optimizer_gets_that_optimizers_defaults_not_the_groups():
+    """``{name: sgd}`` alone passes validation, so it must build: SGD's schema fills the rest
+    (its lr 1e-2, not Adam's 1e-3), as conf/optimizer/sgd.yaml would."""
+    from aeexp.registry import OPTIMIZERS
+
+    cfg = validate(small_run("trainer.stages=[{},{optimizer:{name:sgd},scheduler:{name:cosine}}]"))
+    stage = plan_stages(cfg)[1]
+    optimizer = OPTIMIZERS.build(stage.optimizer, params=[torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["lr"] == 1e-2 and optimizer.defaults["momentum"] == 0.9
+    assert stage.scheduler["name"] == "cosine" and "min_lr" in stage.scheduler

@@ -55,20 +55,24 @@ def plan_stages(cfg: DictConfig) -> list[Stage]:
             tied=spec.get("tied"),
             depth=spec.get("depth"),
             train=list(spec.get("train") or ["all"]),
-            optimizer=stage_group(cfg.optimizer, spec.get("optimizer")),
-            scheduler=stage_group(cfg.scheduler, spec.get("scheduler")),
+            optimizer=stage_group(cfg.optimizer, spec.get("optimizer"), OPTIMIZERS),
+            scheduler=stage_group(cfg.scheduler, spec.get("scheduler"), SCHEDULERS),
         ))
     return stages
 
 
-def stage_group(base: Any, override: Optional[dict[str, Any]]) -> dict[str, Any]:
+def stage_group(base: Any, override: Optional[dict[str, Any]], registry: Optional[Registry] = None) -> dict[str, Any]:
     """A group's node with a stage's overrides: merged key by key, or replaced whole when
     the override names another component (``{name: sgd, lr: 0.1}`` must not inherit Adam's
-    betas)."""
+    betas); the keys such an override leaves out come from that component's schema, as they
+    would from its YAML file, so ``{name: sgd}`` alone is a whole node."""
     base = OmegaConf.to_container(base, resolve=True) if isinstance(base, DictConfig) else dict(base)
     override = dict(override or {})
     if "name" in override and override["name"] != base.get("name"):
-        return override
+        schema = registry.schema(override["name"]) if registry is not None and override["name"] in registry else None
+        if schema is None:
+            return override
+        return {**OmegaConf.to_container(OmegaConf.structured(schema)), **override}
     return {**base, **override}
 
 
@@ -135,6 +139,6 @@ def _check_override(key: str, base: dict, override: Optional[dict], registry: Re
         return
     if "_target_" in base and "name" not in override:
         return  # a user's own class: its constructor checks the values when it is built
-    node = OmegaConf.create(stage_group(base, override))
+    node = OmegaConf.create(stage_group(base, override, registry))
     check_registry_node(key, node, registry)
 
