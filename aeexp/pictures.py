@@ -14,10 +14,24 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-from torchvision.utils import make_grid
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+
+def make_grid(images: torch.Tensor, **kwargs) -> torch.Tensor:
+    """torchvision's ``make_grid``, imported at the first picture: importing torchvision costs
+    about 2 s, which a command refused before training (or a run without pictures) need not pay."""
+    from torchvision.utils import make_grid as torchvision_make_grid
+
+    return torchvision_make_grid(images, **kwargs)
+
+
+def save_png(image: torch.Tensor, path) -> None:
+    """An image tensor (C, H, W) in [0, 1] as a PNG file (torchvision's ``save_image``)."""
+    from torchvision.utils import save_image
+
+    save_image(image, path)
 
 
 def reconstruction_rows(*rows: torch.Tensor) -> torch.Tensor:

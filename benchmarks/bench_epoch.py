@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as transforms
 
 from aeexp.config import validate
-from aeexp.data.datasets import TORCHVISION_CLASSES, ensure_idx_files
+from aeexp.data.datasets import TORCHVISION_CLASSES, ensure_idx_files, torchvision_class
 from aeexp.device import resolve_device
 from aeexp.models.factory import build_model
 from aeexp.training.run import load_data, seed_everything
@@ -166,7 +166,7 @@ def main() -> None:
 
     # The seed's side: torchvision reads the same IDX files; per-sample transforms as the seed does.
     ensure_idx_files(args.dataset, args.root, download=False)
-    cls = TORCHVISION_CLASSES[args.dataset]
+    cls = torchvision_class(args.dataset)
     loaders = [
         DataLoader(SeedStyleDataset(cls(args.root, train=train, transform=to_float_image())),
                    batch_size=args.batch_size, shuffle=train, num_workers=args.baseline_workers)

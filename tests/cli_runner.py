@@ -210,6 +210,10 @@ def _child(path: Path, args: list[str], cwd: Path, out_name: str,
 
         torch.set_num_threads(1)
         GlobalHydra.instance().clear()
+        import logging
+
+        logging.root.handlers.clear()  # a fresh interpreter has none (pytest's capture would take the lines)
+        logging.root.setLevel(logging.WARNING)
         sys.argv = [str(path), *args]
         sys.path[0:0] = [str(path.parent)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         code = 0

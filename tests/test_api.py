@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 from conftest import REPO, compose
 
 import aeexp
@@ -81,13 +82,10 @@ def test_export_refuses_bad_arguments_in_one_line(trained):
 
 
 def test_python_m_aeexp_export_writes_codes_from_the_command_line(trained, tmp_path):
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "aeexp", "export", f"run_dir={trained}", "split=val",
-                           f"out={tmp_path}"], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert done.returncode == 0, done.stdout + done.stderr
+    """``python -m aeexp export ...``: aeexp/__main__.py run as the interpreter runs it (forked
+    from this process by cli_runner, so torch is not imported again)."""
+    code, output = run_cli("aeexp/__main__.py", ["export", f"run_dir={trained}", "split=val", f"out={tmp_path}"], REPO)
+    assert code == 0, output
     assert np.load(tmp_path / "val_codes.npy").shape == (64, 8) and (tmp_path / "val_labels.npy").exists()
-    bad = subprocess.run([sys.executable, "-m", "aeexp", "export", "run_dir=/nonexistent"], capture_output=True,
-                         text=True, timeout=120, cwd=REPO)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no such directory" in bad.stderr
+    code, output = run_cli("aeexp/__main__.py", ["export", "run_dir=/nonexistent"], REPO)
+    assert code == 2 and "Traceback" not in output and "no such directory" in output

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision import datasets as tv_datasets
 
 from aeexp.config import require
 from aeexp.data.images import ImageSplits, carve_validation
@@ -37,11 +36,16 @@ IDX_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 
-TORCHVISION_CLASSES = {
-    "mnist": tv_datasets.MNIST,
-    "fashion_mnist": tv_datasets.FashionMNIST,
-    "kmnist": tv_datasets.KMNIST,
-}
+# The torchvision dataset class of each name (its name is also the folder torchvision uses).
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
+
+
+def torchvision_class(name: str) -> type:
+    """torchvision's dataset class for ``name``, imported only when data is read: importing
+    torchvision costs about 2 s, which a refused command or ``aeexp.load_run`` need not pay."""
+    from torchvision import datasets
+
+    return getattr(datasets, TORCHVISION_CLASSES[name])
 
 # Where Debian (and similar) packages put IDX files; searched after dataset.root.
 SYSTEM_DIRS = {
@@ -83,7 +87,7 @@ class TorchvisionDatasetConfig:
 
 
 def raw_folder(name: str, root: str | Path) -> Path:
-    return Path(root) / TORCHVISION_CLASSES[name].__name__ / "raw"
+    return Path(root) / TORCHVISION_CLASSES[name] / "raw"
 
 
 def _has_idx_files(folder: Path) -> bool:
@@ -207,15 +211,15 @@ def ensure_idx_files(name: str, root: str | Path, download: bool) -> Path:
     reason = "dataset.download=false"
     if download:
         try:
-            TORCHVISION_CLASSES[name](str(root), train=True, download=True)
-            TORCHVISION_CLASSES[name](str(root), train=False, download=True)
+            torchvision_class(name)(str(root), train=True, download=True)
+            torchvision_class(name)(str(root), train=False, download=True)
             return target
         except Exception as err:  # URLError, RuntimeError, socket errors: all mean "not fetched"
             reason = f"download failed ({str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__})"
     raise DataNotFoundError(
         f"dataset '{name}' not found: looked for {', '.join(IDX_FILES)} (or .gz) in "
         f"{' and '.join(looked)}; {reason}. How to get it: {HOW_TO_GET[name]} "
-        f"Or point dataset.root=<dir> at a folder holding {TORCHVISION_CLASSES[name].__name__}/raw/."
+        f"Or point dataset.root=<dir> at a folder holding {TORCHVISION_CLASSES[name]}/raw/."
     )
 
 
@@ -228,7 +232,7 @@ def load_torchvision(
 ) -> ImageSplits:
     """Train / validation carved from the official training split, and the official test split."""
     ensure_idx_files(name, root, download)
-    cls = TORCHVISION_CLASSES[name]
+    cls = torchvision_class(name)
     train = cls(str(root), train=True, download=False)
     test = cls(str(root), train=False, download=False)
     train_x, train_y = train.data.unsqueeze(1), train.targets

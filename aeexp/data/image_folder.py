@@ -20,12 +20,14 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import datasets as tv_datasets
-from torchvision.transforms import v2 as transforms
+
+if TYPE_CHECKING:  # torchvision is imported where it is used: the import costs ~2 s
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2 as transforms
 
 from aeexp.config import require, require_choice
 from aeexp.data.datasets import DataFileError, DataNotFoundError
@@ -68,6 +70,8 @@ class ImageFolderConfig:
 
 def image_transform(size: tuple[int, int], channels: int) -> transforms.Compose:
     """PIL image -> uint8 tensor (channels, height, width)."""
+    from torchvision.transforms import v2 as transforms
+
     colour = transforms.Grayscale(num_output_channels=1) if channels == 1 else transforms.RGB()
     return transforms.Compose([
         colour,
@@ -99,7 +103,7 @@ class CheckedImages(Dataset):
     """ImageFolder items, with a file that cannot be decoded either marked (``mark_bad``: a
     zero image with label -1, so one pass finds every bad file) or refused by name."""
 
-    def __init__(self, folder: tv_datasets.ImageFolder, shape: tuple[int, int, int], mark_bad: bool):
+    def __init__(self, folder: ImageFolder, shape: tuple[int, int, int], mark_bad: bool):
         self.folder, self.shape, self.mark_bad = folder, shape, mark_bad
 
     def __len__(self) -> int:
@@ -156,7 +160,7 @@ def _stack(dataset, num_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(images), torch.cat(labels)
 
 
-def _reason(dataset: tv_datasets.ImageFolder, index: int) -> str:
+def _reason(dataset: ImageFolder, index: int) -> str:
     """The one-line message for a file a worker could not decode (decoded again, here, for its error)."""
     try:
         dataset[index]
@@ -199,7 +203,9 @@ def load_image_folder(
         )
     hw = (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
     try:
-        dataset = tv_datasets.ImageFolder(str(folder), transform=image_transform(hw, channels))
+        from torchvision.datasets import ImageFolder
+
+        dataset = ImageFolder(str(folder), transform=image_transform(hw, channels))
     except (FileNotFoundError, RuntimeError) as err:
         raise DataNotFoundError(f"dataset.root={root!r}: {err}") from None
     _require_three(root, len(dataset), "image(s)")

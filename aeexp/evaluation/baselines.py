@@ -9,9 +9,13 @@ go to scikit-learn's automatic choice.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
+
+if TYPE_CHECKING:  # scikit-learn is imported where PCA is fitted: the import costs ~1.5 s
+    from sklearn.decomposition import PCA
 
 from aeexp.data.images import to_float
 
@@ -21,6 +25,8 @@ def _flat(images: torch.Tensor) -> np.ndarray:
 
 
 def fit_pca(train_images: torch.Tensor, components: int, seed: int = 0) -> PCA:
+    from sklearn.decomposition import PCA
+
     x = _flat(train_images)
     components = min(components, *x.shape)
     solver = "covariance_eigh" if x.shape[0] >= 10 * x.shape[1] else "auto"

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import save_image
 
 from aeexp.data.images import to_float
 from aeexp.evaluation.denoising import noise_at
-from aeexp.pictures import code_image, code_scatter, dictionary_grid, reconstruction_rows
+from aeexp.pictures import code_image, code_scatter, dictionary_grid, reconstruction_rows, save_png
 
 
 @torch.no_grad()
@@ -44,7 +43,7 @@ def write_figures(model: torch.nn.Module, data, test_codes: torch.Tensor, pca_im
         pictures["denoising"] = reconstruction_rows(*triplets)
     written = []
     for name, image in pictures.items():
-        save_image(image, out_dir / f"{name}.png")
+        save_png(image, out_dir / f"{name}.png")
         writer.add_image(f"eval/{name}", image, step)
         written.append(f"{name}.png")
     m = min(settings.scatter_samples, len(test_codes))

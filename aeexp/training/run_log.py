@@ -16,9 +16,9 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import save_image
 
 from aeexp.checkpoints import write_json
+from aeexp.pictures import save_png
 from aeexp.training.tensorboard import write_hparams
 
 log = logging.getLogger("aeexp.training.trainer")
@@ -141,7 +141,7 @@ class RunLog:
         folder.mkdir(exist_ok=True)
         for name, image in pictures.items():
             self.writer.add_image(name, image, epoch)
-            save_image(image, folder / f"{name}.png")
+            save_png(image, folder / f"{name}.png")
         self.writer.flush()
 
     def finish(self, cfg: DictConfig, metrics: dict[str, Any]) -> None:
