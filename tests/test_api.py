@@ -89,3 +89,16 @@ def test_python_m_aeexp_export_writes_codes_from_the_command_line(trained, tmp_p
     assert np.load(tmp_path / "val_codes.npy").shape == (64, 8) and (tmp_path / "val_labels.npy").exists()
     code, output = run_cli("aeexp/__main__.py", ["export", "run_dir=/nonexistent"], REPO)
     assert code == 2 and "Traceback" not in output and "no such directory" in output
+
+
+@pytest.mark.slow
+def test_importing_aeexp_leaves_torchvision_and_scikit_learn_for_later():
+    """Both cost seconds at start-up; a refused command or ``aeexp.load_run`` needs neither."""
+    import subprocess
+    import sys
+
+    check = ("import sys, aeexp, aeexp.cli, aeexp.export, aeexp.evaluation, aeexp.training.run; "
+             "print(sorted(m for m in ('torchvision', 'sklearn', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
