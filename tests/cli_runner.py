@@ -2,7 +2,7 @@
 
 :func:`run_cli` is the public function: ``run_cli("train.py", ["trainer.epochs=0"], cwd)``
 returns ``(exit code, stdout and stderr together)``, as ``python train.py trainer.epochs=0``
-run from ``cwd`` would. A fresh interpreter costs about 3 s (torch and Hydra imports), so
+run from ``cwd`` would. A fresh interpreter costs about 2-3 s (torch and Hydra imports), so
 where ``os.fork`` exists the heavy modules are imported once into this process and each
 call runs the script in a forked child: it changes into ``cwd``, points file descriptors 1
 and 2 at one file, clears Hydra's global state and executes the script as ``__main__``
