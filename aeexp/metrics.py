@@ -96,3 +96,50 @@ class DenoisingStats:
     def figures(self) -> dict[str, float]:
         mse, noisy_mse = self.denoised.item() / self.values, self.noisy.item() / self.values
         return {"mse": mse, "psnr": psnr(mse), "noisy_mse": noisy_mse, "noisy_psnr": psnr(noisy_mse)}
+
+
+# ------------------------------------------------------------------ ground truth (dataset=sparse_features)
+RECOVERY_THRESHOLD = 0.9  # a true feature counts as recovered when some atom's cosine reaches this
+
+
+@torch.no_grad()
+def decoder_atoms(model: torch.nn.Module, code_size: int, chunk: int = 4096) -> torch.Tensor:
+    """The learned dictionary, (code_size, output values): row j is ``model.decode(e_j) -
+    model.decode(0)`` for the unit code e_j, flattened. For an affine decoder (``model=sae``,
+    a one-layer ``fc`` whose ``output_activation`` is ``none``) that is exactly its j-th
+    column; for a nonlinear decoder it is the decoder's response to a unit code. Codes are
+    (batch, features) for every model. Float32, on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    base = model.decode(torch.zeros(1, code_size, device=device)).float().reshape(1, -1)
+    atoms = [model.decode(torch.eye(code_size, device=device)[begin:begin + chunk]).float().reshape(
+        min(chunk, code_size - begin), -1) - base for begin in range(0, code_size, chunk)]
+    model.train(was_training)
+    return torch.cat(atoms)
+
+
+def max_cosines(true_features: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+    """For each true feature (rows of ``true_features``, (F, d)), its largest cosine
+    similarity with any learned atom (rows of ``atoms``, (F', d)), up to sign: (F,). Up to
+    sign because a code may be negative (``topk`` without ``relu`` keeps negative values, a
+    ``leaky_relu`` code has them), and then a flipped atom serves as well. Zero atoms (dead
+    or never-trained columns) have cosine 0 with everything."""
+    true = torch.nn.functional.normalize(true_features.double(), dim=1)
+    learned = torch.nn.functional.normalize(atoms.to(true.device).double(), dim=1)  # zero rows stay zero
+    return (true @ learned.T).abs().amax(1)
+
+
+def feature_recovery(true_features: torch.Tensor, atoms: torch.Tensor,
+                     threshold: float = RECOVERY_THRESHOLD) -> dict[str, float]:
+    """``mmcs``: the mean over true features of their max cosine with a learned atom (1 = every
+    feature has an exact atom; Sharkey et al. 2022); ``recovered_90``: the fraction of true
+    features whose max cosine is >= ``threshold`` (0.9; the key names the threshold in percent)."""
+    best = max_cosines(true_features, atoms)
+    return {"mmcs": best.mean().item(), f"recovered_{threshold * 100:g}": (best >= threshold).double().mean().item()}
+
+
+def model_feature_recovery(model: torch.nn.Module, true_features: torch.Tensor, code_size: int) -> dict[str, float]:
+    """:func:`feature_recovery` of ``model``'s decoder atoms (:func:`decoder_atoms`) against the
+    data's true dictionary (``ImageSplits.ground_truth``)."""
+    return feature_recovery(true_features, decoder_atoms(model, code_size))
