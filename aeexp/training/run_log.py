@@ -20,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from aeexp.checkpoints import write_json
 from aeexp.pictures import save_png
 from aeexp.training.tensorboard import write_hparams
+from aeexp.training.validation import ground_truth_figures
 
 log = logging.getLogger("aeexp.training.trainer")
 
@@ -29,8 +30,9 @@ SCALARS = {  # TensorBoard tag -> EpochRecord field
     "latent/val_l0": "val_l0", "latent/dead_fraction": "dead_fraction",
     "latent/val_mean_activation": "val_mean_activation", "lr": "lr", "stage": "stage",
     "perf/samples_per_second": "samples_per_second", "perf/epoch_seconds": "epoch_seconds",
+    "features/mmcs": "mmcs", "features/recovered_90": "recovered_90",  # data with true features
 }
-HPARAM_METRICS = ("val_mse", "best_val_mse", "best_score", "train_mse")
+HPARAM_METRICS = ("val_mse", "best_val_mse", "best_score", "train_mse", "mmcs", "recovered_90")
 
 
 @dataclass
@@ -66,6 +68,10 @@ class EpochRecord:
     tags: list[str] = field(default_factory=list)
     status: str = "running"
     stop_reason: Optional[str] = None  # the scheduler ended the stage
+    # Data that knows its true features (dataset=sparse_features): the decoder atoms against them
+    # (validation.ground_truth_figures; aeexp.metrics.feature_recovery).
+    mmcs: Optional[float] = None
+    recovered_90: Optional[float] = None
 
     @classmethod
     def of(cls, trainer, train: dict[str, float], val: dict[str, Any], lr: float, epoch_seconds: float,
@@ -82,12 +88,13 @@ class EpochRecord:
             best_val_mse=trainer.best_val_mse, best_epoch=trainer.best_epoch, lr=lr, epoch_seconds=epoch_seconds,
             train_seconds=train_seconds, samples_per_second=len(trainer.data.train_images) / train_seconds,
             tags=list(trainer.cfg.get("tags") or []),
-            stop_reason=f"learning rate {lr:.2e} fell below the scheduler's stop_lr" if trainer.stage_stopped else None)
+            stop_reason=f"learning rate {lr:.2e} fell below the scheduler's stop_lr" if trainer.stage_stopped else None,
+            **ground_truth_figures(trainer.model, trainer.data, len(val["firing_rate"])))
 
     def as_dict(self) -> dict[str, Any]:
         """The metrics.json form (optional figures left out when absent)."""
-        return {k: v for k, v in asdict(self).items()
-                if v is not None or k not in ("val_denoise_mse", "val_noisy_mse", "stop_reason")}
+        optional = ("val_denoise_mse", "val_noisy_mse", "stop_reason", "mmcs", "recovered_90")
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in optional}
 
 
 class RunLog:
@@ -129,6 +136,8 @@ class RunLog:
         self.writer.flush()
         stage = f"  stage {record.stage}/{record.stages} {record.stage_name}" if record.stages > 1 else ""
         denoise = f"  val_denoise_mse {record.val_denoise_mse:.6f}" if record.val_denoise_mse is not None else ""
+        if record.mmcs is not None:
+            denoise += f"  mmcs {record.mmcs:.4f}  recovered {record.recovered_90:.1%}"
         log.info("epoch %d/%d%s  train_loss %.6f  train_mse %.6f  val_mse %.6f%s%s  lr %.2e  %.2fs  %.0f samples/s",
                  record.stage_epoch, record.stage_epochs, stage, record.train_loss, record.train_mse, record.val_mse,
                  denoise, " (best)" if improved else "", record.lr, record.epoch_seconds, record.samples_per_second)
