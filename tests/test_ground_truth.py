@@ -21,7 +21,11 @@ def test_shapes_unit_norm_and_labels():
     assert s.dictionary.shape == (48, 16)
     torch.testing.assert_close(s.dictionary.norm(dim=1), torch.ones(48))
     assert s.train_labels.shape == (2000,) and s.train_labels.dtype == torch.long
-    assert 0 <= s.train_labels.min() and s.train_labels.max() <= 48  # 48: no feature fired
+    assert (s.train_labels == 0).all()  # no labels by default
+    labelled = generate(**SMALL, labels="strongest")
+    assert torch.equal(labelled.train, s.train)
+    assert 0 <= labelled.train_labels.min() and labelled.train_labels.max() <= 48  # 48: no feature fired
+    assert len(labelled.train_labels.unique()) > 40
     assert s.firing_probability == pytest.approx(3 / 48)
 
 
@@ -78,7 +82,7 @@ def test_config_refuses_bad_values():
     from aeexp.config import ConfigError
 
     for bad in ({"active": 0}, {"active": 2000}, {"probability": 1.5}, {"magnitude": "gamma"},
-                {"correlation": 1.0}, {"noise_std": -1}, {"dim": 0}):
+                {"correlation": 1.0}, {"noise_std": -1}, {"dim": 0}, {"labels": "yes"}):
         with pytest.raises(ConfigError):
             SparseFeaturesConfig(**bad)
 

@@ -22,8 +22,10 @@ U(0, 2), ``exponential`` Exp(1) or ``constant`` 1 (each of mean 1).
 Everything comes from ``seed``: the dictionary, the copula factors, train, validation and
 test each from a stream of their own, so evaluation regenerates the same data and the same
 dictionary, the correlated and uncorrelated variants share their dictionary, and the
-validation and test sets do not depend on ``num_train``. Labels: the index of each sample's
-largest activation (``num_features`` when none fired), for probes.
+validation and test sets do not depend on ``num_train``. Labels: none by default (every
+label 0, so evaluation skips its probes, as for unlabelled ``dataset=vectors``), or with
+``labels: strongest`` the index of each sample's largest activation (``num_features`` when
+none fired): F + 1 classes, which makes evaluation's probes slow.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 from aeexp.config import require, require_choice
 
 MAGNITUDES = ("uniform", "exponential", "constant")
+LABELS = ("none", "strongest")
 CHUNK = 8192  # samples generated at once (bounds the dense (chunk, F) activation matrix)
 
 
@@ -45,7 +48,8 @@ class SparseFeaturesConfig:
     sample on average (each fires with probability active / F) unless ``probability`` sets
     that probability directly; ``magnitude`` of a firing feature; ``correlated`` firing
     (a Gaussian copula of rank ``correlation_rank`` and strength ``correlation`` in [0, 1));
-    ``noise_std`` Gaussian noise per coordinate; ``seed`` decides everything."""
+    ``noise_std`` Gaussian noise per coordinate; ``labels``: ``none`` (all 0) or ``strongest``
+    (each sample's largest feature); ``seed`` decides everything."""
 
     name: str = "sparse_features"
     dim: int = 256
@@ -60,6 +64,7 @@ class SparseFeaturesConfig:
     num_train: int = 65536
     num_val: int = 8192
     num_test: int = 8192
+    labels: str = "none"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,6 +75,7 @@ class SparseFeaturesConfig:
         require(self.probability is None or 0 < self.probability <= 1, "probability", self.probability,
                 "null (active / num_features) or a firing probability in (0, 1]")
         require_choice("magnitude", self.magnitude, MAGNITUDES)
+        require_choice("labels", self.labels, LABELS)
         require(0 <= self.correlation < 1, "correlation", self.correlation, "a copula strength in [0, 1)")
         require(self.noise_std >= 0, "noise_std", self.noise_std, "a standard deviation >= 0")
 
@@ -129,8 +135,8 @@ def sample_activations(n: int, num_features: int, probability: float, magnitude:
 
 
 def _sample_split(n: int, dictionary: torch.Tensor, probability: float, magnitude: str, noise_std: float,
-                  g: torch.Generator, factors: torch.Tensor | None, correlation: float):
-    xs, labels = [], []
+                  g: torch.Generator, factors: torch.Tensor | None, correlation: float, labels: str):
+    xs, ys = [], []
     num_features, dim = dictionary.shape
     for begin in range(0, n, CHUNK):
         m = min(CHUNK, n - begin)
@@ -140,8 +146,9 @@ def _sample_split(n: int, dictionary: torch.Tensor, probability: float, magnitud
             x += noise_std * torch.randn(m, dim, generator=g)
         strongest, index = a.max(1)
         xs.append(x)
-        labels.append(torch.where(strongest > 0, index, num_features))
-    return torch.cat(xs), torch.cat(labels)
+        ys.append(torch.where(strongest > 0, index, num_features) if labels == "strongest"
+                  else torch.zeros(m, dtype=torch.long))
+    return torch.cat(xs), torch.cat(ys)
 
 
 def generate(
@@ -157,13 +164,15 @@ def generate(
     num_train: int = SparseFeaturesConfig.num_train,
     num_val: int = SparseFeaturesConfig.num_val,
     num_test: int = SparseFeaturesConfig.num_test,
+    labels: str = SparseFeaturesConfig.labels,
     seed: int = SparseFeaturesConfig.seed,
 ) -> SparseFeatureSet:
     """The three splits and the true dictionary, all determined by the arguments."""
     p = probability if probability is not None else active / num_features
     dictionary = true_dictionary(dim, num_features, seed)
     factors = _copula_factors(num_features, correlation_rank, seed) if correlated else None
-    splits = [_sample_split(n, dictionary, p, magnitude, noise_std, _generator(seed, stream), factors, correlation)
+    splits = [_sample_split(n, dictionary, p, magnitude, noise_std, _generator(seed, stream), factors, correlation,
+                            labels)
               for stream, n in ((1, num_train), (2, num_val), (3, num_test))]
     (train, train_y), (val, val_y), (test, test_y) = splits
     return SparseFeatureSet(train, train_y, val, val_y, test, test_y, dictionary, p)
