@@ -121,22 +121,36 @@ def figure_image(figure: Figure) -> torch.Tensor:
     return rgba[..., :3].permute(2, 0, 1).float() / 255.0
 
 
+def is_image_batch(x: torch.Tensor) -> bool:
+    """Images (N, C, H, W) can be drawn as pictures; vectors (N, D) cannot."""
+    return x.dim() == 4
+
+
+IMAGE_ONLY_NOTE = ("vectors: the image-only pictures (reconstructions, dictionary atoms, denoising) are skipped; "
+                   "codes.png and the code scatter are drawn")
+
+
 @torch.no_grad()
 def training_pictures(model: torch.nn.Module, fixed_batch: torch.Tensor, code_batch: torch.Tensor,
                       noise=None, validation_codes=None) -> dict[str, torch.Tensor]:
     """The panels a training run shows every ``trainer.image_every`` epochs (eval mode):
     ``reconstructions`` of ``fixed_batch``, the ``codes`` of ``code_batch``, the decoder's
     ``dictionary``, with noise on ``denoising`` (noisy / denoised / clean rows), and with a
-    2-D code ``latent_scatter`` of ``validation_codes()`` (codes and labels, computed only then)."""
+    2-D code ``latent_scatter`` of ``validation_codes()`` (codes and labels, computed only then).
+    Vectors (N, D) get only the codes and the scatter: the other panels are pictures of images."""
     model.eval()
-    x_hat, _ = model(fixed_batch)
-    _, codes = model(code_batch)
-    pictures = {
-        "reconstructions": reconstruction_rows(fixed_batch, x_hat),
-        "codes": code_image(codes),
-        "dictionary": dictionary_grid(model, tuple(codes.shape[1:])),
-    }
-    if noise is not None and noise.active:
+    if not is_image_batch(fixed_batch):
+        _, codes = model(code_batch)
+        pictures = {"codes": code_image(codes)}
+    else:
+        x_hat, _ = model(fixed_batch)
+        _, codes = model(code_batch)
+        pictures = {
+            "reconstructions": reconstruction_rows(fixed_batch, x_hat),
+            "codes": code_image(codes),
+            "dictionary": dictionary_grid(model, tuple(codes.shape[1:])),
+        }
+    if noise is not None and noise.active and is_image_batch(fixed_batch):
         noisy = noise(fixed_batch, noise.val_generator(fixed_batch.device))
         pictures["denoising"] = reconstruction_rows(noisy, model(noisy)[0], fixed_batch)
     if codes[0].numel() == 2 and validation_codes is not None:

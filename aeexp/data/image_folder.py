@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # torchvision is imported where it is used: the import costs 
 
 from aeexp.config import require, require_choice
 from aeexp.data.datasets import DataFileError, DataNotFoundError
-from aeexp.data.images import ImageSplits, StreamedImages
+from aeexp.data.images import ImageSplits, StreamedImages, fraction_split
 from aeexp.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -226,12 +226,9 @@ def load_image_folder(
     if bad and skip_bad_files:
         _require_three(root, len(good), f"readable image(s) ({len(bad)} unreadable)")
     _refuse_or_skip(root, bad, skip_bad_files)
-    order = [good[i] for i in torch.randperm(len(good), generator=torch.Generator().manual_seed(split_seed)).tolist()]
-    n_val = max(1, round(len(good) * val_fraction))
-    n_test = max(1, round(len(good) * test_fraction))
-    n_val = min(n_val, len(good) - 2)
-    n_test = min(n_test, len(good) - 1 - n_val)
-    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    parts = {split: [good[i] for i in positions]
+             for split, positions in fraction_split(len(good), val_fraction, test_fraction, split_seed).items()}
+    n_val, n_test = len(parts["val"]), len(parts["test"])
     notes = dict(name="image_folder", val_note=f"{n_val} images of {root} (val_fraction {val_fraction}, split_seed {split_seed})",
                  test_note=f"{n_test} images of {root} (test_fraction {test_fraction}, split_seed {split_seed})")
     if in_memory:

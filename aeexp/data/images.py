@@ -1,4 +1,11 @@
-"""The in-memory image set every dataset loader returns, and batching by index on the device."""
+"""The splits every dataset loader returns, and batching by index on the device.
+
+A split is uint8 images (N, C, H, W), scaled to [0, 1] by :func:`to_float`, or float vectors
+(N, D) (``dataset=vectors``: activations, embeddings), kept in the dtype they are stored in
+until a batch is on the device, where :func:`to_float` makes them float32 without scaling.
+Either may be streamed from disk instead of held in memory (:class:`StreamedImages`,
+:class:`aeexp.data.vector_stream.StreamedVectors`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,10 @@ from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from aeexp.data.vector_stream import StreamedVectors
+
+VECTOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class _Order(Sampler):
@@ -67,13 +78,15 @@ class StreamedImages:
 
 @dataclass
 class ImageSplits:
-    """Train, validation and test images as uint8 tensors of shape (N, C, H, W), with labels.
+    """Train, validation and test samples with labels: uint8 images (N, C, H, W), or float
+    vectors (N, D) (:attr:`kind`); tensors, or streamed from disk.
 
     Three disjoint splits, always: training fits the weights, validation selects (``best.pt``,
     the scheduler, early stopping, sweepers), and test is for ``evaluate.py`` alone, so a
     reported test figure never comes from the images that chose the model. The trainer gets
     :meth:`without_test`. uint8 keeps a 60k-image set at 47 MB, small enough to live on the
     training device, so a batch is one gather plus one conversion to float: no Python per sample.
+    Vectors stay in their stored dtype (float16 halves a float32 set) on the device likewise.
     """
 
     train_images: torch.Tensor
@@ -88,30 +101,39 @@ class ImageSplits:
     test_note: str = "test split"
 
     def __post_init__(self) -> None:
+        kinds = {}
         for split in ("train", "val", "test"):
             images = getattr(self, f"{split}_images")
-            if images is None or isinstance(images, StreamedImages):
-                continue
-            if images.dtype != torch.uint8 or images.dim() != 4:
-                raise ValueError(f"{split}_images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if self.train_images.shape[1:] != self.val_images.shape[1:]:
+            if images is not None:
+                kinds[split] = sample_kind(images, f"{split}_images")
+        if len(set(kinds.values())) > 1:
+            raise ValueError(f"the splits mix images and vectors: {kinds}")
+        if _sample_shape(self.train_images) != _sample_shape(self.val_images):
             raise ValueError("train and validation images differ in shape")
-        if self.test_images is not None and self.test_images.shape[1:] != self.train_images.shape[1:]:
+        if self.test_images is not None and _sample_shape(self.test_images) != _sample_shape(self.train_images):
             raise ValueError("train and test images differ in shape")
+
+    @property
+    def kind(self) -> str:
+        """``images`` (uint8 (N, C, H, W)) or ``vectors`` (float (N, D))."""
+        return sample_kind(self.train_images)
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind == "images"
 
     def without_test(self) -> "ImageSplits":
         """The splits training may see: the test images are dropped, not just left unused."""
         return replace(self, test_images=None, test_labels=None)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one image: what model builders size themselves by."""
-        if isinstance(self.train_images, StreamedImages):
-            return self.train_images.shape
-        return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+    def shape(self) -> tuple[int, ...]:
+        """(channels, height, width) of one image, or (D,) of one vector: what model builders
+        size themselves by."""
+        return _sample_shape(self.train_images)
 
     def limited(self, train_images: int | None, val_images: int | None) -> "ImageSplits":
-        """The first ``train_images`` / ``val_images`` images of each split (None: all): the
+        """The first ``train_images`` / ``val_images`` samples of each split (None: all): the
         same few batches every epoch, for debugging and overfitting checks."""
 
         def first(images, labels, n):
@@ -120,6 +142,8 @@ class ImageSplits:
             if isinstance(images, StreamedImages):
                 return StreamedImages(Subset(images.dataset, range(n)), images.shape, images.num_workers,
                                       images.device), labels[:n]
+            if isinstance(images, StreamedVectors):
+                return images.first(n), labels[:n]
             return images[:n], labels[:n]
 
         train_x, train_y = first(self.train_images, self.train_labels, train_images)
@@ -137,8 +161,31 @@ class ImageSplits:
         )
 
 
+def sample_kind(samples, name: str = "images") -> str:
+    """``images`` or ``vectors``; ValueError for anything else (float images, int vectors)."""
+    if isinstance(samples, StreamedImages):
+        return "images"
+    if isinstance(samples, StreamedVectors):
+        return "vectors"
+    if samples.dtype == torch.uint8 and samples.dim() == 4:
+        return "images"
+    if samples.dtype in VECTOR_DTYPES and samples.dim() == 2:
+        return "vectors"
+    raise ValueError(f"{name} must be uint8 images (N, C, H, W) or float vectors (N, D) (float16, bfloat16, float32 "
+                     f"or float64), got {samples.dtype} {tuple(samples.shape)}")
+
+
+def _sample_shape(samples) -> tuple[int, ...]:
+    if isinstance(samples, (StreamedImages, StreamedVectors)):
+        return tuple(samples.shape)
+    return tuple(samples.shape[1:])
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 in [0, 255] -> float32 in [0, 1]."""
+    """uint8 in [0, 255] -> float32 in [0, 1]; float vectors -> float32 as they are (a copy:
+    never a view of the stored set)."""
+    if images.dtype != torch.uint8:
+        return images.to(torch.float32, copy=True)
     return images.to(torch.float32).mul_(1.0 / 255.0)
 
 
@@ -150,17 +197,44 @@ def carve_validation(images: torch.Tensor, labels: torch.Tensor, n_val: int, see
     return images[train], labels[train], images[val], labels[val]
 
 
-def head(images: torch.Tensor | StreamedImages, n: int) -> torch.Tensor:
-    """The first ``n`` images as a uint8 tensor, wherever they live."""
-    return images.head(n) if isinstance(images, StreamedImages) else images[:n]
+def fraction_split(count: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
+    """Positions 0..count-1 dealt into ``val``, ``test`` and ``train`` by a permutation seeded by
+    ``seed`` alone (each list in that permutation's order): ``val_fraction`` and ``test_fraction``
+    of ``count``, each at least one, and at least one left to train. ``count`` >= 3."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(count * val_fraction))
+    n_test = max(1, round(count * test_fraction))
+    n_val = min(n_val, count - 2)
+    n_test = min(n_test, count - 1 - n_val)
+    return {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+
+
+def head(images: torch.Tensor | StreamedImages | StreamedVectors, n: int) -> torch.Tensor:
+    """The first ``n`` samples as a tensor (as stored), wherever they live."""
+    return images.head(n) if isinstance(images, (StreamedImages, StreamedVectors)) else images[:n]
+
+
+def epoch_order(images, generator: torch.Generator, device: torch.device) -> torch.Tensor | int:
+    """An epoch's order, drawn from ``generator``: a permutation of the samples on ``device``, or
+    for streamed vectors the seed of their epoch stream (a permutation of a set larger than
+    memory would not fit either)."""
+    if isinstance(images, StreamedVectors):
+        return int(torch.randint(2**62, (1,), generator=generator))
+    return torch.randperm(len(images), generator=generator).to(device)
 
 
 def index_batches(
-    images: torch.Tensor | StreamedImages, batch_size: int, order: torch.Tensor | None = None, start: int = 0
+    images: torch.Tensor | StreamedImages | StreamedVectors, batch_size: int, order: torch.Tensor | int | None = None,
+    start: int = 0,
 ) -> Iterator[torch.Tensor]:
     """Yield float batches of ``images`` in ``order`` (all of them, the last one short),
-    beginning at batch number ``start`` (used when resuming inside an epoch)."""
+    beginning at batch number ``start`` (used when resuming inside an epoch). ``order``: a
+    permutation (:func:`epoch_order`), for streamed vectors the seed of an epoch, or None (in order)."""
     n = len(images)
+    if isinstance(images, StreamedVectors):
+        for chunk in images.batches(batch_size, order, start):
+            yield to_float(chunk)
+        return
     if isinstance(images, StreamedImages):
         positions = (order if order is not None else torch.arange(n)).tolist()[start * batch_size :]
         for chunk in images.batches(batch_size, positions):

@@ -176,6 +176,9 @@ def build_conv(
 ) -> Autoencoder:
     """Called through ``MODELS`` with a node checked against :class:`ConvModelConfig`, which
     holds the defaults (every key is filled in)."""
+    if len(input_shape) != 3:
+        raise ConfigError("model", f"model=conv needs images (C, H, W), but the data's samples have shape "
+                          f"{tuple(input_shape)} (vectors); allowed: model=fc (or another model that flattens its input)")
     steps = conv_plan(tuple(input_shape), list(encoder))
     feature_shape = steps[-1][3]
     features = math.prod(feature_shape)

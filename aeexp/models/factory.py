@@ -71,9 +71,9 @@ def refuse_large_model(parameters: int, limit: Optional[int], input_shape: tuple
     if limit is None or parameters <= limit:
         return
     gigabytes = parameters * 16 / 1e9  # fp32 weights, gradients and Adam's two moments
-    shape = "x".join(map(str, input_shape))
+    shape = "x".join(map(str, input_shape)) + (" images" if len(input_shape) == 3 else "-d vectors")
     raise ConfigError("model", (
-        f"{parameters:,} parameters on {shape} images (about {gigabytes:.1f} GB to train: fp32 weights, gradients "
+        f"{parameters:,} parameters on {shape} (about {gigabytes:.1f} GB to train: fp32 weights, gradients "
         f"and Adam's moments), above the limit trainer.max_parameters={limit:,}; allowed: a smaller model "
         f"(model.latent_dim, the layer sizes), or raise the limit with ++trainer.max_parameters={parameters} "
         "(null: no limit)"))

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from aeexp.config import validate
 from aeexp.data.images import ImageSplits
+from aeexp.data.vectors import vector_run_notes
 from aeexp.registry import DATASETS
 from aeexp.threads import configure_cpu_threads
 from aeexp.device import resolve_device
@@ -83,9 +84,11 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
         data = data.limited(*(n and n * size for n, size in zip(limits, (cfg.trainer.batch_size,
                                                                         cfg.trainer.val_batch_size))))
     model, _ = stage_model(cfg, data.shape, plan_stages(cfg)[0])
-    log.info("data %s: %d train / %d val images of shape %s (validation: %s; the test split is left to "
+    log.info("data %s: %d train / %d val %s of shape %s (validation: %s; the test split is left to "
              "evaluate.py); device %s", data.name or cfg.dataset.get("name"), len(data.train_images),
-             len(data.val_images), data.shape, data.val_note, device)
+             len(data.val_images), data.kind, data.shape, data.val_note, device)
+    if not data.is_image:
+        vector_run_notes(cfg)
     trainer = Trainer(cfg, model, data.without_test(), run_dir, device, stop_requested)
     if cfg.trainer.resume:
         resume_trainer(trainer, checkpoint)

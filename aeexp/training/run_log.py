@@ -27,6 +27,7 @@ log = logging.getLogger("aeexp.training.trainer")
 SCALARS = {  # TensorBoard tag -> EpochRecord field
     "train/loss": "train_loss", "train/mse": "train_mse", "train/penalty": "train_penalty", "train/aux": "train_aux",
     "val/mse": "val_mse", "val/denoise_mse": "val_denoise_mse", "val/noisy_input_mse": "val_noisy_mse",
+    "val/fvu": "val_fvu", "val/explained_variance": "val_explained_variance",
     "latent/val_l0": "val_l0", "latent/dead_fraction": "dead_fraction",
     "latent/val_mean_activation": "val_mean_activation", "lr": "lr", "stage": "stage",
     "perf/samples_per_second": "samples_per_second", "perf/epoch_seconds": "epoch_seconds",
@@ -72,6 +73,8 @@ class EpochRecord:
     # (validation.ground_truth_figures; aeexp.metrics.feature_recovery).
     mmcs: Optional[float] = None
     recovered_90: Optional[float] = None
+    val_fvu: Optional[float] = None  # fraction of variance unexplained: SSE over the variance around the mean
+    val_explained_variance: Optional[float] = None  # 1 - val_fvu
 
     @classmethod
     def of(cls, trainer, train: dict[str, float], val: dict[str, Any], lr: float, epoch_seconds: float,
@@ -87,13 +90,15 @@ class EpochRecord:
             val_noisy_mse=val.get("val_noisy_mse"), monitor=trainer.monitor, best_score=trainer.best_score,
             best_val_mse=trainer.best_val_mse, best_epoch=trainer.best_epoch, lr=lr, epoch_seconds=epoch_seconds,
             train_seconds=train_seconds, samples_per_second=len(trainer.data.train_images) / train_seconds,
-            tags=list(trainer.cfg.get("tags") or []),
+            tags=list(trainer.cfg.get("tags") or []), val_fvu=val.get("val_fvu"),
+            val_explained_variance=None if val.get("val_fvu") is None else 1.0 - val["val_fvu"],
             stop_reason=f"learning rate {lr:.2e} fell below the scheduler's stop_lr" if trainer.stage_stopped else None,
             **ground_truth_figures(trainer.model, trainer.data, len(val["firing_rate"])))
 
     def as_dict(self) -> dict[str, Any]:
         """The metrics.json form (optional figures left out when absent)."""
-        optional = ("val_denoise_mse", "val_noisy_mse", "stop_reason", "mmcs", "recovered_90")
+        optional = ("val_denoise_mse", "val_noisy_mse", "stop_reason", "mmcs", "recovered_90", "val_fvu",
+                    "val_explained_variance")
         return {k: v for k, v in asdict(self).items() if v is not None or k not in optional}
 
 
@@ -133,6 +138,9 @@ class RunLog:
             if m.get(key) is not None:
                 self.writer.add_scalar(tag, m[key], record.epoch)
         self.writer.add_histogram("latent/firing_rate", firing_rate.float().cpu(), record.epoch)
+        # Feature density as SAE work plots it: log10 of each latent's firing frequency (dead: -10).
+        self.writer.add_histogram("latent/log10_feature_density", (firing_rate.double().cpu() + 1e-10).log10(),
+                                  record.epoch)
         self.writer.flush()
         stage = f"  stage {record.stage}/{record.stages} {record.stage_name}" if record.stages > 1 else ""
         denoise = f"  val_denoise_mse {record.val_denoise_mse:.6f}" if record.val_denoise_mse is not None else ""

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from aeexp.data.images import ImageSplits, head, index_batches, num_batches, to_float
+from aeexp.data.images import ImageSplits, epoch_order, head, index_batches, num_batches, to_float
 from aeexp.device import autocast, grad_scaler
 from aeexp.models.layerwise import describe_layers
 from aeexp.pictures import training_pictures
@@ -175,7 +175,7 @@ class Trainer:
             start, sums = self.partial_epoch["batches_done"], self.partial_epoch["sums"].to(self.device)
         self.partial_epoch = None
         shuffle_state = self.shuffle_generator.get_state()
-        order = torch.randperm(len(images), generator=self.shuffle_generator).to(self.device)
+        order = epoch_order(images, self.shuffle_generator, self.device)  # streamed vectors: a seed
         bar = tqdm(index_batches(images, batch_size, order, start=start), initial=start, leave=False,
                    total=num_batches(len(images), batch_size), dynamic_ncols=True,
                    desc=f"epoch {epoch} (stage {self.stage_index + 1} {self.stage_epoch + 1}/{self.stage.epochs})",

@@ -1,0 +1,278 @@
+"""``dataset=vectors``: float vectors from .npy / .pt / .safetensors files and shard directories,
+in memory and streamed; the trainer, evaluation and export on them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aeexp.config import ConfigError
+from aeexp.data.datasets import DataNotFoundError
+from aeexp.data.images import ImageSplits, fraction_split, index_batches, to_float
+from aeexp.registry import DATASETS
+from aeexp.training.run import run_training
+from conftest import compose
+
+N, D = 200, 12
+
+
+def vectors(n: int = N, d: int = D, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def save(tensor: torch.Tensor, path: Path, labels: torch.Tensor | None = None) -> Path:
+    """``tensor`` in the format of ``path``'s suffix (labels inside .pt / .safetensors)."""
+    if path.suffix == ".npy":
+        np.save(path, tensor.numpy())
+    elif path.suffix == ".pt":
+        torch.save(tensor if labels is None else {"vectors": tensor, "labels": labels}, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"vectors": tensor.contiguous(), **({} if labels is None else {"labels": labels})}, str(path))
+    return path
+
+
+def save_shards(tensor: torch.Tensor, folder: Path, suffix: str, sizes: list[int], labels=None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    begin = 0
+    for i, size in enumerate(sizes):
+        part_labels = None if labels is None else labels[begin : begin + size]
+        save(tensor[begin : begin + size], folder / f"part-{i:03d}{suffix}", part_labels)
+        begin += size
+    return folder
+
+
+def load(path: Path, **keys) -> ImageSplits:
+    return DATASETS.build({"name": "vectors", "path": str(path), **keys})
+
+
+def split_rows(n: int = N, val: float = 0.1, test: float = 0.1, seed: int = 0) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor(sorted(v)) for k, v in fraction_split(n, val, test, seed).items()}
+
+
+def as_tensor(samples) -> torch.Tensor:
+    return samples if isinstance(samples, torch.Tensor) else samples.materialise()
+
+
+# ------------------------------------------------------------------------- formats
+FORMATS = [(".npy", torch.float16), (".npy", torch.float32), (".npy", torch.float64), (".pt", torch.bfloat16),
+           (".pt", torch.float16), (".safetensors", torch.bfloat16), (".safetensors", torch.float32)]
+
+
+@pytest.mark.parametrize("layout", ["file", "shards"])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("suffix,dtype", FORMATS, ids=[f"{s[1:]}-{str(d)[6:]}" for s, d in FORMATS])
+def test_each_format_and_layout_round_trips_exactly_in_its_dtype(tmp_path, suffix, dtype, stream, layout):
+    data = vectors(dtype=dtype)
+    path = save(data, tmp_path / f"x{suffix}") if layout == "file" else \
+        save_shards(data, tmp_path / "shards", suffix, [70, 0, 50, 80] if suffix == ".npy" else [70, 50, 80])
+    splits = load(path, stream=stream)
+    assert splits.kind == "vectors" and not splits.is_image and splits.shape == (D,)
+    rows = split_rows()
+    for split in ("train", "val", "test"):
+        got = as_tensor(getattr(splits, f"{split}_images"))
+        assert got.dtype == dtype
+        assert torch.equal(got, data[rows[split]]), split
+    assert torch.equal(splits.train_labels, torch.zeros(len(rows["train"]), dtype=torch.int64))
+
+
+def test_to_float_casts_vectors_without_scaling_and_never_aliases():
+    stored = vectors(4, 3)
+    batch = to_float(stored)
+    assert batch.dtype == torch.float32 and torch.equal(batch, stored) and batch.data_ptr() != stored.data_ptr()
+    assert torch.equal(to_float(stored.half()), stored.half().float())
+    images = torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)
+    assert torch.equal(to_float(images), torch.ones(1, 1, 2, 2))  # images: scaled as before
+
+
+def test_labels_from_a_file_from_the_shards_or_none(tmp_path):
+    data, labels = vectors(), torch.arange(N) % 7
+    np.save(tmp_path / "labels.npy", labels.numpy().astype(np.int32))
+    rows = split_rows()
+    from_file = load(save(data, tmp_path / "x.npy"), labels_path=str(tmp_path / "labels.npy"))
+    assert torch.equal(from_file.val_labels, labels[rows["val"]]) and from_file.val_labels.dtype == torch.int64
+    for suffix in (".pt", ".safetensors"):
+        inside = load(save_shards(data, tmp_path / suffix[1:], suffix, [100, 100], labels=labels))
+        assert torch.equal(inside.train_labels, labels[rows["train"]]), suffix
+        assert torch.equal(inside.test_labels, labels[rows["test"]]), suffix
+
+
+def test_splits_are_disjoint_cover_every_row_and_follow_split_seed(tmp_path):
+    path = save(vectors(), tmp_path / "x.npy")
+    a, b, c = load(path), load(path), load(path, split_seed=1)
+    rows = split_rows()
+    assert sorted(torch.cat(list(rows.values())).tolist()) == list(range(N))
+    assert len(rows["val"]) == len(rows["test"]) == 20
+    assert torch.equal(a.val_images, b.val_images) and not torch.equal(a.val_images, c.val_images)
+
+
+def test_fc_takes_its_input_width_from_the_vectors(tmp_path):
+    from aeexp.models.factory import build_model
+
+    cfg = compose("dataset=vectors", f"dataset.path={save(vectors(), tmp_path / 'x.npy')}", "model.latent_dim=5",
+                  "model.output_activation=none")
+    from aeexp.config import validate
+
+    model = build_model(validate(cfg), (D,))
+    x = vectors(3)
+    x_hat, z = model(x)
+    assert x_hat.shape == (3, D) and z.shape == (3, 5)
+
+
+# ------------------------------------------------------------------------ refusals
+def one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_bad_files_are_one_line_naming_dataset_path(tmp_path):
+    cases = {
+        "missing": (tmp_path / "nowhere.npy", "no such file"),
+        "ndim": (save(torch.zeros(4, 2, 3), tmp_path / "three_d.pt"), "shape (4, 2, 3)"),
+        "dtype": (save(torch.zeros(4, 3, dtype=torch.int64), tmp_path / "ints.npy"), "int64"),
+        "suffix": (tmp_path / "x.csv", "allowed"),
+    }
+    (tmp_path / "x.csv").write_text("1,2\n")
+    widths = tmp_path / "widths"
+    save_shards(vectors(6, 4), widths, ".npy", [3])
+    save(vectors(3, 5), widths / "part-009.npy")
+    cases["widths"] = (widths, "width 5")
+    nan = vectors(10, 3)
+    nan[7, 1] = float("nan")
+    cases["nan"] = (save(nan, tmp_path / "nan.npy"), "row 7 holds NaN")
+    for name, (path, expected) in cases.items():
+        with pytest.raises((ConfigError, DataNotFoundError)) as err:
+            load(path)
+        message = one_line(err)
+        assert "dataset.path" in message and expected in message, (name, message)
+
+
+def test_nan_is_found_while_streaming_past_the_checked_head(tmp_path, monkeypatch):
+    import aeexp.data.vectors as module
+
+    monkeypatch.setattr(module, "CHECK_ROWS", 4)  # only the first rows are checked before streaming
+    data = vectors()
+    data[150, 0] = float("inf")
+    splits = load(save(data, tmp_path / "x.npy"), stream=True)
+    with pytest.raises(DataNotFoundError, match="row 150 holds NaN or inf"):
+        for _ in index_batches(splits.train_images, 16, 5):
+            pass
+
+
+def test_conv_and_pixel_noise_on_vectors_are_refused_before_the_data_is_read(tmp_path):
+    from aeexp.config import validate
+
+    missing = str(tmp_path / "not-there.npy")  # never opened: the config alone is refused
+    for overrides, key in [(["model=conv"], "model"), (["noise=salt_pepper"], "noise"),
+                           (["noise=gaussian"], "noise.clamp")]:
+        with pytest.raises(ConfigError) as err:
+            validate(compose("dataset=vectors", f"dataset.path={missing}", *overrides))
+        assert err.value.key == key and "vectors" in one_line(err)
+    validate(compose("dataset=vectors", f"dataset.path={missing}", "noise=gaussian", "noise.clamp=false"))
+
+
+def test_a_conv_target_model_gets_vector_shapes_refused_at_build(tmp_path):
+    from aeexp.models.conv import build_conv
+    from aeexp.models.conv import ConvModelConfig
+    from dataclasses import asdict
+
+    node = {k: v for k, v in asdict(ConvModelConfig()).items() if k != "name"}
+    with pytest.raises(ConfigError, match="needs images"):
+        build_conv(input_shape=(D,), bottleneck=torch.nn.Identity(), **node)
+
+
+# ----------------------------------------------------------------------- streaming
+def streamed(tmp_path: Path, buffer: int = 64, sizes=(50, 50, 50, 50)):
+    data = vectors()
+    folder = save_shards(data, tmp_path / "shards", ".npy", list(sizes))
+    return data, load(folder, stream=True, shuffle_buffer=buffer).train_images
+
+
+def epoch(samples, seed, batch_size=16, start=0) -> torch.Tensor:
+    return torch.cat(list(index_batches(samples, batch_size, seed, start)))
+
+
+def test_a_streamed_epoch_is_every_training_row_once_seeded_and_mixed_across_shards(tmp_path):
+    data, train = streamed(tmp_path)
+    rows = split_rows()["train"]
+    a, b, c = epoch(train, 1), epoch(train, 1), epoch(train, 2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a.sort(0).values, data[rows].float().sort(0).values)
+    # which shard each of the first 32 samples came from: several, not one after the other
+    position = {tuple(v.tolist()): int(r) for v, r in zip(data[rows], rows)}
+    shards = {position[tuple(v.tolist())] // 50 for v in a[:32]}
+    assert len(shards) >= 2
+    sizes = [len(x) for x in index_batches(train, 24, 1)]
+    assert sizes == [24] * (len(rows) // 24) + [len(rows) % 24] and len(rows) % 24
+
+
+@pytest.mark.parametrize("start", [0, 1, 3, 7, 9])
+@pytest.mark.parametrize("buffer", [1, 20, 64, 1000])
+def test_a_streamed_epoch_resumed_at_batch_start_is_the_rest_of_the_same_epoch(tmp_path, start, buffer):
+    _, train = streamed(tmp_path, buffer)
+    whole = epoch(train, 5)
+    assert torch.equal(epoch(train, 5, start=start), whole[start * 16 :])
+
+
+def test_a_consumer_that_stops_early_leaves_no_thread_behind(tmp_path):
+    import threading
+
+    _, train = streamed(tmp_path)
+    batches = index_batches(train, 4, 3)
+    next(batches)
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name == "aeexp-vector-prefetch" and t.is_alive()]
+
+
+# ------------------------------------------------------------------------ training
+def vector_run(path: Path, *overrides: str):
+    return compose("dataset=vectors", f"dataset.path={path}", "model.output_activation=none", "model.latent_dim=16",
+                   "trainer.batch_size=32", "trainer.progress=false", "device=cpu", "trainer.epochs=2", *overrides)
+
+
+def test_training_on_vectors_learns_and_reports_vector_figures(tmp_path):
+    path = save(vectors(dtype=torch.float16), tmp_path / "x.npy")
+    metrics = run_training(vector_run(path, "sparsity=topk", "sparsity.k=4"), tmp_path / "run")
+    assert metrics["status"] == "completed"
+    assert 0 < metrics["val_fvu"] < 1.2 and metrics["val_explained_variance"] == pytest.approx(1 - metrics["val_fvu"])
+    assert metrics["val_l0"] <= 4 and 0 <= metrics["dead_fraction"] <= 1
+    assert {p.name for p in (tmp_path / "run" / "images").iterdir()} == {"codes.png"}  # image-only panels skipped
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert tuple(state["input_shape"]) == (D,)
+
+
+def test_an_interrupted_streamed_epoch_resumes_on_the_same_samples_and_weights(tmp_path, monkeypatch):
+    import signal
+
+    from aeexp.training.interrupts import TrainingInterrupted
+    from aeexp.training.trainer import Trainer
+
+    folder = save_shards(vectors(), tmp_path / "shards", ".npy", [60, 60, 80])
+    run = ("dataset.stream=true", "dataset.shuffle_buffer=40", "trainer.epochs=3")
+    run_training(vector_run(folder, *run), tmp_path / "straight")
+    real_step = Trainer.train_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, clean):
+        calls["n"] += 1
+        if calls["n"] == 7:  # inside epoch 2 (5 batches of 32 per epoch)
+            self.interrupts.signum = signal.SIGTERM
+        return real_step(self, clean)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted, match="epoch 2 after step 2"):
+        run_training(vector_run(folder, *run), tmp_path / "stopped")
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    metrics = run_training(vector_run(folder, *run, "trainer.resume=true"), tmp_path / "stopped")
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert metrics["val_mse"] == straight["val_mse"] and metrics["train_loss"] == straight["train_loss"]
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
