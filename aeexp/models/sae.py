@@ -10,7 +10,8 @@ way out, as ``model=fc`` does; vectors (``input_shape`` (D,)) pass as they are.
 
 Column ``j`` of ``W_dec`` (``decoder.linear.weight[:, j]``, D values) is latent ``j``'s
 direction in input space; :meth:`SparseAutoencoder.dictionary` returns them as rows.
-``W_enc`` starts as ``W_dec`` transposed (Gao et al. 2024; SAELens' default), ``b_enc`` at 0.
+``W_enc`` starts as ``W_dec`` transposed (Gao et al. 2024; SAELens' ``init_encoder_as_decoder_transpose``),
+``b_enc`` at 0.
 
 The options and whom they follow (README, "Sparse autoencoders"):
 
@@ -36,6 +37,7 @@ around each step.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -46,6 +48,8 @@ from aeexp.config import require, require_choice
 from aeexp.models.autoencoder import Autoencoder
 from aeexp.models.layers import check_activation, make_activation
 from aeexp.registry import MODELS
+
+log = logging.getLogger(__name__)
 
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
 
@@ -152,11 +156,15 @@ class SparseAutoencoder(Autoencoder):
         flat = sample.detach().reshape(len(sample), -1).to(self.decoder.input_scale.device, torch.float64)
         if self.normalize_input:
             self.decoder.input_scale.fill_(input_scale(flat))
+            log.info("sae: input scale %.4g from %d training inputs (mean squared norm -> %d)",
+                     float(self.decoder.input_scale), len(flat), flat.shape[1])
         if self.b_dec_init == "zeros" or not len(flat):
             return
         flat = flat * self.decoder.input_scale.double()
         centre = flat.mean(0) if self.b_dec_init == "mean" else geometric_median(flat)
         self.decoder.linear.bias.copy_(centre)
+        log.info("sae: b_dec = %s of %d training inputs (norm %.4g), input scale %.4g", self.b_dec_init, len(flat),
+                 float(centre.norm()), float(self.decoder.input_scale))
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:

@@ -20,11 +20,13 @@ from torch import nn
 DEFAULT_INIT_SAMPLES = 4096
 
 
-def initialize_from_data(model: nn.Module, train_images: Any) -> None:
+def initialize_from_data(model: nn.Module, train_images: Any, fresh: bool = True) -> None:
     """Call ``model.initialize_from_data`` with the head of the training split as floats
-    (``train_images``: the trainer's ``data.train_images``, a tensor or streamed split)."""
+    (``train_images``: the trainer's ``data.train_images``, a tensor or streamed split), if
+    ``fresh``: the trainer passes ``global_step == 0``, so a resumed run, whose checkpoint
+    holds what this sets, never re-estimates it."""
     initialize = getattr(model, "initialize_from_data", None)
-    if not callable(initialize):
+    if not fresh or not callable(initialize):
         return
     from aeexp.data.images import head, to_float
 
