@@ -276,3 +276,64 @@ def test_an_interrupted_streamed_epoch_resumes_on_the_same_samples_and_weights(t
     b = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)["model"]
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+# ------------------------------------------------------------ evaluation and export
+FAST_EVAL = ("eval.probe_max_iter=30", "eval.labels_per_class=[3]", "eval.head_steps=10", "eval.progress=false",
+             "eval.knn_k=3")
+
+
+def fast_settings():
+    from omegaconf import OmegaConf
+
+    from aeexp.evaluation import check_settings
+
+    return check_settings(OmegaConf.from_dotlist([o.removeprefix("eval.") for o in FAST_EVAL]))
+
+
+def test_train_py_then_evaluate_py_on_a_npy_file(tmp_path):
+    """The command lines of the README: train.py on a .npy file with top-k, then evaluate.py."""
+    from cli_runner import run_cli
+
+    path = save(vectors(300, 16, torch.float16), tmp_path / "acts.npy")
+    run = tmp_path / "run"
+    code, output = run_cli("train.py", ["dataset=vectors", f"dataset.path={path}", "sparsity=topk", "sparsity.k=8",
+                                        "trainer.epochs=2", "trainer.batch_size=64", "device=cpu",
+                                        f"hydra.run.dir={run}"], tmp_path)
+    assert code == 0, output
+    assert "240 train / 30 val vectors of shape (16,)" in output and "image-only pictures" in output
+    code, output = run_cli("evaluate.py", [f"run_dir={run}", "device=cpu", *FAST_EVAL], tmp_path)
+    assert code == 0 and "Traceback" not in output, output
+    assert "explained variance" in output and "probes, kNN and semi-supervised heads are skipped" in output
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["kind"] == "vectors" and 0 < metrics["test_fvu"] and "test_psnr" not in metrics
+    assert metrics["test_explained_variance"] == pytest.approx(1 - metrics["test_fvu"])
+    assert metrics["pca_components"] == 16 and metrics["denoising"] == [] and "probe_accuracy" not in metrics
+    assert sorted(metrics["figures"]) == ["codes.png", "latent_scatter.png"]
+
+
+def test_a_streamed_labelled_run_evaluates_exports_and_loads(tmp_path):
+    from aeexp import load_run
+    from aeexp.evaluation import evaluate_run
+    from aeexp.export import export_codes
+
+    data, labels = vectors(300), torch.arange(300) % 3
+    data[:, 0] += labels * 10  # classes a probe can tell apart
+    folder = save_shards(data, tmp_path / "shards", ".safetensors", [100, 100, 100], labels=labels)
+    run = tmp_path / "run"
+    run_training(vector_run(folder, "dataset.stream=true", "trainer.image_every=0"), run)
+    metrics = evaluate_run(run, fast_settings(), "cpu")
+    assert metrics["test_images"] == 30 and 0 <= metrics["probe_accuracy"] <= 1
+    assert metrics["pixel_probe_accuracy"] > 0.9  # the inputs themselves: the class is in dimension 0
+    assert "ssl3_frozen" in metrics
+
+    loaded = load_run(run)
+    assert loaded.input_shape == (D,)
+    x = data[:4].float()
+    assert loaded.model(x)[0].shape == (4, D)
+    files = export_codes([f"run_dir={run}", "split=test", f"out={tmp_path / 'codes'}"])
+    codes = np.load(files["codes"])
+    rows = split_rows(300)["test"]
+    assert codes.shape == (30, 16)
+    assert np.allclose(codes, loaded.model.encode(data[rows].float()).numpy(), atol=1e-5)
+    assert np.array_equal(np.load(files["labels"]), labels[rows].numpy())

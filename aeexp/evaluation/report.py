@@ -67,7 +67,9 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
     run = load_run(run_dir, device=device, dataset_root=dataset_root, trust_targets=s.trust_targets)
     model, cfg = run.model, run.cfg
     data: EvalData = load_splits(cfg)
-    check_against_data(s, data.train_labels, data.test_labels)  # eval.knn_k etc. against this data, before any measure
+    labelled = data.is_image or data.has_classes()  # unlabelled vectors (all 0) have nothing to probe
+    if labelled:
+        check_against_data(s, data.train_labels, data.test_labels)  # eval.knn_k etc. against this data, first
     data_key = OmegaConf.to_yaml(cfg.dataset)
     timer = Timer()
     monitor = _training_monitor(run.run_dir)
@@ -80,6 +82,7 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
         "monitor": monitor, "val_split": data.val_note, "test_split": data.test_note,
         "val_images": len(data.val_images), "test_images": len(data.test_images),
         "train_images": len(data.train_images),
+        **({} if data.is_image else {"kind": data.kind}),
     }
     val_recon, _ = timer("val_reconstruction", lambda: reconstruction_metrics(
         model, data.val_images, s.batch_size, device, s.progress, split="val"))
@@ -88,6 +91,10 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
         model, data.test_images, s.batch_size, device, s.progress))
     metrics.update(recon)
     code_size = recon["code_size"]
+    if not data.is_image:  # PSNR assumes pixels in [0, 1]; vectors get explained variance instead
+        for split in ("val", "test"):
+            metrics.pop(f"{split}_psnr", None)
+            metrics[f"{split}_explained_variance"] = 1.0 - metrics[f"{split}_fvu"]
 
     def pca_baseline():
         fitted = fit_pca(data.train_images, code_size, s.seed)
@@ -98,9 +105,40 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
     metrics["pca_sse_per_image"] = metrics["pca_mse"] * data.test_images[0].numel()
     metrics["mse_vs_pca"] = metrics["test_mse"] / metrics["pca_mse"] if metrics["pca_mse"] > 0 else math.inf
 
-    metrics["denoising"] = timer("denoising", lambda: denoising_metrics(
-        model, data.test_images, cfg.noise, list(s.noise_levels), s.batch_size, device, s.seed, s.progress))
+    if data.is_image:
+        metrics["denoising"] = timer("denoising", lambda: denoising_metrics(
+            model, data.test_images, cfg.noise, list(s.noise_levels), s.batch_size, device, s.seed, s.progress))
+    else:
+        metrics["denoising"] = []
+        log.info("vectors: denoising at eval.noise_levels is skipped (its levels are pixel noise)")
+    if labelled:
+        _probes(metrics, model, cfg, data, test_codes, s, device, timer, data_key)
+    else:
+        log.info("vectors without labels (all 0): the linear probes, kNN and semi-supervised heads are skipped; "
+                 "dataset.labels_path=<labels.npy> gives them labels")
 
+    out_dir = run.run_dir / "eval"
+    out_dir.mkdir(exist_ok=True)
+    for old in out_dir.glob("events.out.tfevents.*"):
+        old.unlink()  # one evaluation's events at a time, so TensorBoard shows the latest
+    writer = SummaryWriter(log_dir=str(out_dir))
+    try:
+        if s.figures:
+            pca_images = pca_reconstruct(pca, data.test_images[: s.num_images]).clamp(0, 1).to(device)
+            metrics["figures"] = timer("figures", lambda: write_figures(
+                model, data, test_codes, pca_images, cfg.noise, s, device, out_dir, writer, run.epoch))
+        _log_scalars(writer, metrics, run.epoch)
+    finally:
+        writer.close()
+    metrics["seconds"] = {**timer.seconds, "total": round(time.perf_counter() - start, 3)}
+    metrics["settings"] = OmegaConf.to_container(s, resolve=True)  # what these figures were measured with
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _probes(metrics: dict[str, Any], model, cfg: DictConfig, data: EvalData, test_codes: torch.Tensor, s: DictConfig,
+            device: torch.device, timer: Timer, data_key: str) -> None:
+    """Linear probes on codes and on the inputs, kNN, and the semi-supervised heads (labels needed)."""
     train_codes = timer("encode_train", lambda: encode_all(
         model, data.train_images, s.batch_size, device, "encoding the training split", s.progress))
     probe = dict(l2=s.probe_l2, max_iter=s.probe_max_iter, train_size=s.probe_train_size, seed=s.seed,
@@ -121,24 +159,6 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
     for row in metrics["semi_supervised"]:
         for kind in ("frozen", "fine_tuned", "scratch"):
             metrics[f"ssl{row['labels_per_class']}_{kind}"] = row[kind]
-
-    out_dir = run.run_dir / "eval"
-    out_dir.mkdir(exist_ok=True)
-    for old in out_dir.glob("events.out.tfevents.*"):
-        old.unlink()  # one evaluation's events at a time, so TensorBoard shows the latest
-    writer = SummaryWriter(log_dir=str(out_dir))
-    try:
-        if s.figures:
-            pca_images = pca_reconstruct(pca, data.test_images[: s.num_images]).clamp(0, 1).to(device)
-            metrics["figures"] = timer("figures", lambda: write_figures(
-                model, data, test_codes, pca_images, cfg.noise, s, device, out_dir, writer, run.epoch))
-        _log_scalars(writer, metrics, run.epoch)
-    finally:
-        writer.close()
-    metrics["seconds"] = {**timer.seconds, "total": round(time.perf_counter() - start, 3)}
-    metrics["settings"] = OmegaConf.to_container(s, resolve=True)  # what these figures were measured with
-    write_json(out_dir / "metrics.json", metrics)
-    return metrics
 
 
 def _training_monitor(run_dir: Path) -> str:
@@ -174,37 +194,42 @@ def _fmt(value: Any) -> str:
 def summary_table(metrics: dict[str, Any]) -> str:
     """A plain-text summary: each figure with its baseline beside it."""
     m = metrics
+    image = m.get("kind", "images") == "images"
+    unit, sample = ("pixel", "image") if image else ("value", "vector")
     lines = [
         f"run {m['run_dir']}  (best.pt, epoch {m['checkpoint_epoch']})",
         f"  selected on {m.get('selected_on', 'validation')}",
-        f"  test: {m['test_split']}, {m['test_images']} images (never used for selection)",
+        f"  test: {m['test_split']}, {m['test_images']} {sample}s (never used for selection)",
         "",
         f"{'reconstruction':<22}{'val':>10}{'test':>10}{'PCA test':>10}{'ratio':>8}",
-        f"{'  MSE per pixel':<22}{_fmt(m.get('val_mse')):>10}{_fmt(m['test_mse']):>10}{_fmt(m['pca_mse']):>10}"
+        f"{'  MSE per ' + unit:<22}{_fmt(m.get('val_mse')):>10}{_fmt(m['test_mse']):>10}{_fmt(m['pca_mse']):>10}"
         f"{m['mse_vs_pca']:>8.3f}",
-        f"{'  SSE per image':<22}{_fmt(m.get('val_sse_per_image')):>10}{_fmt(m['test_sse_per_image']):>10}"
+        f"{'  SSE per ' + sample:<22}{_fmt(m.get('val_sse_per_image')):>10}{_fmt(m['test_sse_per_image']):>10}"
         f"{_fmt(m['pca_sse_per_image']):>10}",
-        f"{'  PSNR (dB)':<22}{_fmt(m.get('val_psnr')):>10}{_fmt(m['test_psnr']):>10}",
-        f"{'  FVU':<22}{_fmt(m.get('val_fvu')):>10}{_fmt(m['test_fvu']):>10}   (test mean image: MSE "
+        *([f"{'  PSNR (dB)':<22}{_fmt(m.get('val_psnr')):>10}{_fmt(m['test_psnr']):>10}"] if image else []),
+        f"{'  FVU':<22}{_fmt(m.get('val_fvu')):>10}{_fmt(m['test_fvu']):>10}   (test mean {sample}: MSE "
         f"{_fmt(m['mean_image_mse'])})",
+        *([f"{'  explained variance':<22}{_fmt(m.get('val_explained_variance')):>10}"
+           f"{_fmt(m['test_explained_variance']):>10}"] if "test_explained_variance" in m else []),
         f"{'code':<22}{m['code_size']:>10} features, test L0 {m['test_l0']:.1f} (val {m.get('val_l0', math.nan):.1f}), "
         f"dead {m['dead_fraction']:.1%}",
-        "",
-        f"{'denoising':<22}{'denoised':>10}{'noisy in':>10}{'PSNR':>15}",
     ]
+    if m["denoising"] or image:
+        lines += ["", f"{'denoising':<22}{'denoised':>10}{'noisy in':>10}{'PSNR':>15}"]
     for row in m["denoising"]:
         lines.append(f"{'  ' + row['noise'] + ' ' + format(row['level'], 'g'):<22}{_fmt(row['mse']):>10}"
                      f"{_fmt(row['noisy_mse']):>10}{row['noisy_psnr']:>7.2f} -> {row['psnr']:.2f}")
-    lines += [
-        "",
-        f"{'features (accuracy)':<22}{'codes':>10}{'pixels':>10}",
-        f"{'  linear probe':<22}{m['probe_accuracy']:>10.4f}{m['pixel_probe_accuracy']:>10.4f}"
-        f"   ({m['probe_train_size']} training labels)",
-        f"{'  kNN, k=' + str(m['knn_k']):<22}{m['knn_accuracy']:>10.4f}",
-        "",
-        f"{'semi-supervised':<22}{'frozen':>10}{'fine-tuned':>12}{'scratch':>10}",
-    ]
-    for row in m["semi_supervised"]:
+    if "probe_accuracy" in m:
+        lines += [
+            "",
+            f"{'features (accuracy)':<22}{'codes':>10}{'pixels' if image else 'inputs':>10}",
+            f"{'  linear probe':<22}{m['probe_accuracy']:>10.4f}{m['pixel_probe_accuracy']:>10.4f}"
+            f"   ({m['probe_train_size']} training labels)",
+            f"{'  kNN, k=' + str(m['knn_k']):<22}{m['knn_accuracy']:>10.4f}",
+            "",
+            f"{'semi-supervised':<22}{'frozen':>10}{'fine-tuned':>12}{'scratch':>10}",
+        ]
+    for row in m.get("semi_supervised", []):
         lines.append(f"{'  ' + str(row['labels_per_class']) + ' labels/class':<22}{row['frozen']:>10.4f}"
                      f"{row['fine_tuned']:>12.4f}{row['scratch']:>10.4f}")
     if "seconds" in m:
