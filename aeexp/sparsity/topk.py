@@ -88,9 +88,14 @@ def batch_topk_mask(flat: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.
     Found by selection (``kthvalue``, linear time), not a full sort."""
     values = flat.detach().flatten()
     smallest_kept = values.kthvalue(values.numel() - keep + 1).values
-    above = values > smallest_kept
+    at_least = values >= smallest_kept
     ties = values == smallest_kept
-    mask = above | (ties & (ties.cumsum(0) <= keep - above.sum()))
+    needed = keep - torch.count_nonzero(at_least) + torch.count_nonzero(ties)  # ties to keep
+    # Distinct values tie only with themselves; checking that costs a device sync, free on a CPU.
+    if flat.device.type == "cpu" and int(needed) == int(torch.count_nonzero(ties)):
+        return at_least.view_as(flat), smallest_kept
+    count = torch.int32 if values.numel() < 2**31 else torch.int64
+    mask = (values > smallest_kept) | (ties & (ties.cumsum(0, dtype=count) <= needed))
     return mask.view_as(flat), smallest_kept
 
 

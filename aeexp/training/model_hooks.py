@@ -30,8 +30,7 @@ def initialize_from_data(model: nn.Module, train_images: Any, fresh: bool = True
         return
     from aeexp.data.images import head, to_float
 
-    sample = head(train_images, int(getattr(model, "init_sample_size", DEFAULT_INIT_SAMPLES)))
-    initialize(to_float(sample) if not sample.is_floating_point() else sample.float())
+    initialize(to_float(head(train_images, int(getattr(model, "init_sample_size", DEFAULT_INIT_SAMPLES)))))
 
 
 def before_optimizer_step(model: nn.Module) -> None:
