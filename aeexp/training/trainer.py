@@ -32,6 +32,7 @@ from aeexp.pictures import training_pictures
 from aeexp.registry import NOISE, OPTIMIZERS, SCHEDULERS
 from aeexp.training.checkpointing import Checkpoints, restore_trainer, trainer_state
 from aeexp.training.divergence import DivergenceError, check_divergence  # noqa: F401  (DivergenceError: raised here)
+from aeexp.training import model_hooks
 from aeexp.training.interrupts import InterruptWatch, TrainingInterrupted
 from aeexp.training.optim import should_stop, step_scheduler
 from aeexp.training.run_log import EpochRecord, RunLog
@@ -122,6 +123,7 @@ class Trainer:
         checkpoints as they were and says so in metrics.json."""
         with self.run_log, self.interrupts:
             try:
+                model_hooks.initialize_from_data(self.model, self.data.train_images, fresh=self.global_step == 0)
                 for index in range(self.stage_index, len(self.stages)):
                     if index != self.stage_index:
                         self._next_stage()
@@ -230,11 +232,13 @@ class Trainer:
             loss = mse + penalty + aux
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        model_hooks.before_optimizer_step(self.model)  # e.g. model=sae: no decoder gradient along its columns
         if self.settings.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        model_hooks.after_optimizer_step(self.model)  # e.g. model=sae: decoder columns back to unit norm
         self.global_step += 1
         return torch.stack([loss.detach(), mse.detach(), penalty.detach(), aux.detach()])
 
