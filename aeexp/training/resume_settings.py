@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp.config import ConfigError
+from aeexp.config import ConfigError, validate
 from aeexp.checkpoints import CheckpointError, load_checkpoint
 
 SAFE_TO_CHANGE = (
@@ -51,9 +51,16 @@ def compare_resume_settings(saved_yaml: str, cfg: DictConfig, source: str) -> di
     """The settings that differ between the checkpoint's config and ``cfg`` and may change
     ({key: (old, new)}); ConfigError listing the others if there are any."""
     try:
-        saved = flatten(OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=True))
+        saved_cfg = OmegaConf.create(saved_yaml)
     except Exception:  # an old or foreign checkpoint without a readable config: nothing to compare
         return {}
+    try:
+        # Filled from today's schemas, as cfg is: a key added since the checkpoint was written
+        # (sparsity.relu, say) then reads as its default there, not as a change.
+        saved_cfg = validate(saved_cfg)
+    except Exception:  # a config today's schemas refuse: compare it as written
+        pass
+    saved = flatten(OmegaConf.to_container(saved_cfg, resolve=True))
     current = flatten(OmegaConf.to_container(cfg, resolve=True))
     differing = {k: (saved.get(k, "<absent>"), current.get(k, "<absent>"))
                  for k in sorted(set(saved) | set(current)) if saved.get(k, "<absent>") != current.get(k, "<absent>")}
