@@ -87,6 +87,8 @@ class ImageSplits:
     :meth:`without_test`. uint8 keeps a 60k-image set at 47 MB, small enough to live on the
     training device, so a batch is one gather plus one conversion to float: no Python per sample.
     Vectors stay in their stored dtype (float16 halves a float32 set) on the device likewise.
+    ``ground_truth``: the data's true features (F, D) where a generator knows them
+    (``dataset=sparse_features``), against which training and evaluation measure the decoder.
     """
 
     train_images: torch.Tensor
@@ -99,6 +101,7 @@ class ImageSplits:
     # How each split was made, in words, for logs and evaluation reports.
     val_note: str = "validation split"
     test_note: str = "test split"
+    ground_truth: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         kinds = {}
