@@ -36,6 +36,8 @@ from typing import Optional
 import torch
 
 from aeexp.config import require, require_choice
+from aeexp.data.images import ImageSplits
+from aeexp.registry import DATASETS
 
 MAGNITUDES = ("uniform", "exponential", "constant")
 LABELS = ("none", "strongest")
@@ -176,3 +178,17 @@ def generate(
               for stream, n in ((1, num_train), (2, num_val), (3, num_test))]
     (train, train_y), (val, val_y), (test, test_y) = splits
     return SparseFeatureSet(train, train_y, val, val_y, test, test_y, dictionary, p)
+
+
+@DATASETS.register("sparse_features", schema=SparseFeaturesConfig)
+def load_sparse_features(**settings) -> ImageSplits:
+    """The splits as float32 vectors (N, d), with the true dictionary as ``ground_truth``;
+    every key comes from a node checked against :class:`SparseFeaturesConfig` (the defaults
+    are :func:`generate`'s, the schema's)."""
+    s = generate(**settings)
+    expected = s.firing_probability * s.dictionary.shape[0]
+    what = f"sparse_features (F={s.dictionary.shape[0]}, {expected:.3g} active per sample)"
+    return ImageSplits(s.train, s.train_labels, s.val, s.val_labels, s.test, s.test_labels, name="sparse_features",
+                       val_note=f"{len(s.val)} generated validation vectors, {what}",
+                       test_note=f"{len(s.test)} generated test vectors, drawn apart from training and validation",
+                       ground_truth=s.dictionary)

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class EvalData:
     """uint8 images (N, C, H, W) or float vectors (N, D) (``kind``) and labels of the three
     splits; the notes say how the validation and test splits were made. Training used train
-    and validation only."""
+    and validation only. ``ground_truth``: the data's true features (F, D), where known
+    (``dataset=sparse_features``)."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -35,6 +36,7 @@ class EvalData:
     val_note: str
     test_note: str
     kind: str = "images"
+    ground_truth: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -84,6 +86,6 @@ def load_splits(cfg: DictConfig) -> EvalData:
     data = EvalData(splits.train_images.cpu(), splits.train_labels.cpu().long(),
                     splits.val_images.cpu(), splits.val_labels.cpu().long(),
                     splits.test_images.cpu(), splits.test_labels.cpu().long(), splits.val_note, splits.test_note,
-                    splits.kind)
+                    splits.kind, splits.ground_truth)
     _DATA[key] = data
     return data

@@ -31,6 +31,7 @@ from aeexp.evaluation.reconstruction import encode_all, reconstruction_metrics
 from aeexp.evaluation.semi_supervised import semi_supervised
 from aeexp.evaluation.settings import check_against_data
 from aeexp.checkpoints import write_json
+from aeexp.metrics import RECOVERY_THRESHOLD, model_feature_recovery
 from aeexp.models.factory import build_model
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
         model, data.test_images, s.batch_size, device, s.progress))
     metrics.update(recon)
     code_size = recon["code_size"]
+    if data.ground_truth is not None:  # dataset=sparse_features: the decoder against the true features
+        metrics.update(timer("feature_recovery", lambda: model_feature_recovery(model, data.ground_truth, code_size)))
+        metrics["true_features"] = len(data.ground_truth)
     if not data.is_image:  # PSNR assumes pixels in [0, 1]; vectors get explained variance instead
         for split in ("val", "test"):
             metrics.pop(f"{split}_psnr", None)
@@ -213,6 +217,8 @@ def summary_table(metrics: dict[str, Any]) -> str:
            f"{_fmt(m['test_explained_variance']):>10}"] if "test_explained_variance" in m else []),
         f"{'code':<22}{m['code_size']:>10} features, test L0 {m['test_l0']:.1f} (val {m.get('val_l0', math.nan):.1f}), "
         f"dead {m['dead_fraction']:.1%}",
+        *([f"{'true features':<22}{m['true_features']:>10}, MMCS {m['mmcs']:.4f}, recovered at cosine >= "
+           f"{RECOVERY_THRESHOLD:g}: {m['recovered_90']:.1%} (the decoder's columns; any split)"] if "mmcs" in m else []),
     ]
     if m["denoising"] or image:
         lines += ["", f"{'denoising':<22}{'denoised':>10}{'noisy in':>10}{'PSNR':>15}"]

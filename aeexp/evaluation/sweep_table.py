@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 KEY_METRICS = ("val_mse", "test_mse", "pca_mse", "mse_vs_pca", "test_psnr", "test_fvu", "test_l0", "dead_fraction",
                "probe_accuracy", "pixel_probe_accuracy", "knn_accuracy")
+GROUND_TRUTH_METRICS = ("mmcs", "recovered_90")  # columns where the data knows its true features (sparse_features)
 
 
 def read_overrides(run_dir: Path) -> dict[str, str]:
@@ -56,9 +57,9 @@ def compare_runs(root: Path, evaluate: Callable[[Path], dict[str, Any]],
             log.error("%s: %s", run, err)
             row["error"] = str(err)
         else:
-            row.update({k: metrics[k] for k in KEY_METRICS})
+            row.update({k: metrics.get(k) for k in KEY_METRICS})  # vectors have no PSNR, unlabelled ones no probes
             for key in metrics:
-                if key.startswith("ssl") and key not in ssl_columns:
+                if (key.startswith("ssl") or key in GROUND_TRUTH_METRICS) and key not in ssl_columns:
                     ssl_columns.append(key)
             row.update({k: metrics[k] for k in ssl_columns if k in metrics})
         rows.append(row)
