@@ -165,6 +165,17 @@ def test_nan_is_found_while_streaming_past_the_checked_head(tmp_path, monkeypatc
             pass
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_the_nan_and_inf_check_finds_exactly_the_rows_that_hold_them(dtype):
+    from aeexp.data.vector_files import non_finite_rows
+
+    info = torch.finfo(dtype)
+    block = torch.tensor([[0.0, 1.0], [info.max, -info.max], [info.tiny / 4, -info.tiny], [float("nan"), 0.0],
+                          [0.0, float("inf")], [-float("inf"), 1.0], [-0.0, info.min]], dtype=dtype)
+    assert non_finite_rows(block).tolist() == [False, False, False, True, True, True, False]
+    assert non_finite_rows(block.t().contiguous().t()).tolist() == [False, False, False, True, True, True, False]
+
+
 def test_conv_and_pixel_noise_on_vectors_are_refused_before_the_data_is_read(tmp_path):
     from aeexp.config import validate
 
@@ -218,6 +229,15 @@ def test_a_streamed_epoch_resumed_at_batch_start_is_the_rest_of_the_same_epoch(t
     _, train = streamed(tmp_path, buffer)
     whole = epoch(train, 5)
     assert torch.equal(epoch(train, 5, start=start), whole[start * 16 :])
+
+
+def test_debug_limits_take_the_first_streamed_rows(tmp_path):
+    data = vectors()
+    splits = load(save_shards(data, tmp_path / "shards", ".npy", [100, 100]), stream=True).limited(10, 5)
+    rows = split_rows()
+    assert len(splits.train_images) == 10 and len(splits.train_labels) == 10
+    assert torch.equal(splits.train_images.materialise(), data[rows["train"][:10]])
+    assert torch.equal(epoch(splits.val_images, None, 2), data[rows["val"][:5]].float())
 
 
 def test_a_consumer_that_stops_early_leaves_no_thread_behind(tmp_path):
@@ -308,7 +328,8 @@ def test_train_py_then_evaluate_py_on_a_npy_file(tmp_path):
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["kind"] == "vectors" and 0 < metrics["test_fvu"] and "test_psnr" not in metrics
     assert metrics["test_explained_variance"] == pytest.approx(1 - metrics["test_fvu"])
-    assert metrics["pca_components"] == 16 and metrics["denoising"] == [] and "probe_accuracy" not in metrics
+    assert metrics["pca_components"] == 16 and metrics["mse_vs_pca"] is None  # a 64-wide code: PCA is exact
+    assert metrics["denoising"] == [] and "probe_accuracy" not in metrics
     assert sorted(metrics["figures"]) == ["codes.png", "latent_scatter.png"]
 
 

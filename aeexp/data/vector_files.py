@@ -249,12 +249,27 @@ class VectorSource:
         return out
 
 
+# NaN and inf are the values whose exponent bits are all ones: one integer pass finds them
+# (torch.isfinite on float16 is 3-4x slower on a CPU, and this runs on every row streamed).
+EXPONENT_BITS = {torch.float16: (torch.int16, 0x7FFF, 0x7C00), torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
+                 torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
+                 torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+
+
+def non_finite_rows(block: torch.Tensor) -> torch.Tensor:
+    """A bool per row: whether it holds NaN or inf."""
+    if block.dtype not in EXPONENT_BITS or not block.is_contiguous():
+        return ~torch.isfinite(block).all(1)
+    integer, magnitude, exponent = EXPONENT_BITS[block.dtype]
+    return (block.view(integer) & magnitude).amax(1) >= exponent
+
+
 def check_finite(block: torch.Tensor, path: Path, rows: np.ndarray) -> None:
     """DataFileError naming the file and the first row that holds NaN or inf."""
     for begin in range(0, len(block), 65536):  # a bounded temporary, whatever the block's size
-        finite = torch.isfinite(block[begin : begin + 65536]).all(1)
-        if not bool(finite.all()):
-            row = int(rows[begin + int((~finite).nonzero()[0])])
+        bad = non_finite_rows(block[begin : begin + 65536])
+        if bool(bad.any()):
+            row = int(rows[begin + int(bad.nonzero()[0])])
             raise DataFileError(f"dataset.path: {path} row {row} holds NaN or inf; allowed: finite values (drop or "
                                 "repair those rows)")
 

@@ -80,50 +80,49 @@ class StreamedVectors:
         rng = np.random.default_rng(seed)
         capacity = max(1, min(self.shuffle_buffer, len(self)))
         piece_rows = min(PIECE_ROWS, capacity)
-        buffer_rows = np.empty(0, dtype=np.int64)
-        buffer: Optional[torch.Tensor] = None  # the vectors of buffer_rows once reading has begun
-        emitted = 0
-        live = skip == 0
-        if live:
-            buffer = torch.empty(0, self.source.width, dtype=self.source.dtype)
+        buffer_rows = np.empty(capacity, dtype=np.int64)  # the first ``filled`` places are taken
+        buffer: Optional[torch.Tensor] = None  # their vectors, once reading has begun (``live``)
+        filled = emitted = 0
+        live = False
 
-        def go_live(rows: np.ndarray) -> torch.Tensor:
-            return self.source.gather(rows)
+        def go_live() -> torch.Tensor:  # the vectors of the samples the buffer holds at this point
+            vectors = torch.empty(capacity, self.source.width, dtype=self.source.dtype)
+            vectors[:filled] = self.source.gather(buffer_rows[:filled])
+            return vectors
 
+        if skip == 0:
+            buffer, live = go_live(), True
         for shard in rng.permutation(len(self.per_shard)):
             local = self.per_shard[shard]
             for begin in range(0, len(local), piece_rows):
                 rows = local[begin : begin + piece_rows]
-                mix = rng.permutation(len(rows))
-                incoming = rows[mix] + self.source.offsets[shard]
-                room = capacity - len(buffer_rows)
-                fill, rest = incoming[:room], incoming[room:]
-                slots = rng.choice(capacity, size=len(rest), replace=False) if len(rest) else None
-                if not live and emitted + len(rest) > skip:
-                    buffer, live = go_live(buffer_rows), True
-                data = None
+                incoming = rows + self.source.offsets[shard]
+                fill = min(capacity - filled, len(rows))  # places still free take the first rows
+                rest = len(rows) - fill  # the others each take the place of a random sample, which leaves
+                slots = rng.choice(capacity, size=rest, replace=False) if rest else None
+                if not live and emitted + rest > skip:
+                    buffer, live = go_live(), True
+                data = self.source.read(int(shard), rows) if live else None
+                buffer_rows[filled : filled + fill] = incoming[:fill]
                 if live:
-                    data = self.source.read(int(shard), rows)[torch.from_numpy(mix)]
-                buffer_rows = np.concatenate([buffer_rows, fill])
-                if live:
-                    buffer = torch.cat([buffer, data[: len(fill)]])
+                    buffer[filled : filled + fill] = data[:fill]
+                filled += fill
                 if slots is None:
                     continue
                 out_rows = buffer_rows[slots]
-                buffer_rows[slots] = rest
-                out = None
+                buffer_rows[slots] = incoming[fill:]
                 if live:
                     index = torch.from_numpy(slots)
                     out = buffer[index]
-                    buffer[index] = data[len(fill) :]
+                    buffer[index] = data[fill:]
                     drop = max(0, skip - emitted)
                     yield out_rows[drop:], out[drop:]
-                emitted += len(rest)
-        order = rng.permutation(len(buffer_rows))
+                emitted += rest
+        order = rng.permutation(filled)  # the end: the buffer empties in a random order
         if not live:
-            buffer, live = go_live(buffer_rows), True
+            buffer = go_live()
         drop = max(0, skip - emitted)
-        yield buffer_rows[order][drop:], buffer[torch.from_numpy(order)][drop:]
+        yield buffer_rows[order][drop:], buffer[torch.from_numpy(order[drop:])]
 
     def file_order_rows(self, skip: int = 0) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """These rows in file order from sample ``skip`` on, a piece at a time."""
@@ -147,7 +146,9 @@ class StreamedVectors:
         ready: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
         stop = threading.Event()
 
-        def put(item) -> bool:
+        def put(item, pin_it: bool) -> bool:
+            if pin_it:
+                item = item.pin_memory()
             while not stop.is_set():
                 try:
                     ready.put(item, timeout=0.1)
@@ -157,25 +158,32 @@ class StreamedVectors:
             return False
 
         def produce() -> None:
+            # One thread for this thread's torch work (OpenMP's setting is per calling thread): a
+            # second team of threads would contend with the training step's for the same cores.
+            torch.set_num_threads(1)
             try:
-                pending: list[torch.Tensor] = []
-                held = 0
+                carry: Optional[torch.Tensor] = None  # fewer than batch_size rows, waiting for more
                 for _, data in chunks:
-                    pending.append(data)
-                    held += len(data)
-                    while held >= batch_size:
-                        block = torch.cat(pending) if len(pending) > 1 else pending[0]
-                        batch, rest = block[:batch_size], block[batch_size:]
-                        if not put(batch.pin_memory() if pin else batch):
+                    at = 0
+                    if carry is not None:
+                        need = batch_size - len(carry)
+                        if len(data) < need:
+                            carry = torch.cat([carry, data])
+                            continue
+                        if not put(torch.cat([carry, data[:need]]), pin):
                             return
-                        pending, held = ([rest] if len(rest) else []), len(rest)
-                if held:
-                    block = torch.cat(pending)
-                    if not put(block.pin_memory() if pin else block):
-                        return
-                put(None)
+                        at, carry = need, None
+                    while len(data) - at >= batch_size:  # views of the chunk: no copy
+                        if not put(data[at : at + batch_size], pin):
+                            return
+                        at += batch_size
+                    if at < len(data):
+                        carry = data[at:]
+                if carry is not None and not put(carry, pin):
+                    return
+                put(None, False)
             except BaseException as err:  # noqa: BLE001  (handed to the consumer, raised there)
-                put(_Failure(err))
+                put(_Failure(err), False)
 
         thread = threading.Thread(target=produce, name="aeexp-vector-prefetch", daemon=True)
         thread.start()

@@ -108,6 +108,11 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
     metrics["pca_components"] = int(pca.n_components_)
     metrics["pca_sse_per_image"] = metrics["pca_mse"] * data.test_images[0].numel()
     metrics["mse_vs_pca"] = metrics["test_mse"] / metrics["pca_mse"] if metrics["pca_mse"] > 0 else math.inf
+    if not data.is_image and metrics["pca_components"] >= math.prod(data.shape):
+        metrics["mse_vs_pca"] = None  # every direction kept: PCA reconstructs exactly, there is no baseline
+        log.info("vectors: the code (%d features) is at least as wide as the input (%d), so PCA at the code size "
+                 "reconstructs exactly (pca_mse %.3g, rounding): no ratio to PCA", code_size, math.prod(data.shape),
+                 metrics["pca_mse"])
 
     if data.is_image:
         metrics["denoising"] = timer("denoising", lambda: denoising_metrics(
@@ -207,7 +212,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
         "",
         f"{'reconstruction':<22}{'val':>10}{'test':>10}{'PCA test':>10}{'ratio':>8}",
         f"{'  MSE per ' + unit:<22}{_fmt(m.get('val_mse')):>10}{_fmt(m['test_mse']):>10}{_fmt(m['pca_mse']):>10}"
-        f"{m['mse_vs_pca']:>8.3f}",
+        + (f"{m['mse_vs_pca']:>8.3f}" if m["mse_vs_pca"] is not None else f"{'-':>8}"),
         f"{'  SSE per ' + sample:<22}{_fmt(m.get('val_sse_per_image')):>10}{_fmt(m['test_sse_per_image']):>10}"
         f"{_fmt(m['pca_sse_per_image']):>10}",
         *([f"{'  PSNR (dB)':<22}{_fmt(m.get('val_psnr')):>10}{_fmt(m['test_psnr']):>10}"] if image else []),
