@@ -220,7 +220,7 @@ FIXED_GROUPS: dict[str, type] = {"device": DeviceConfig, "trainer": TrainerConfi
 TOP_LEVEL_KEYS = {"seed", "tags", "optimized_metric"}
 
 OPTIMIZED_METRICS = ("best_score", "best_val_mse", "val_mse", "val_denoise_mse", "train_loss", "train_mse", "val_l0",
-                     "dead_fraction", "val_mean_activation")
+                     "dead_fraction", "val_mean_activation", "val_fvu")
 """What ``optimized_metric`` may name: figures of ``metrics.json`` from training and validation
 (never test). ``null``: ``best_score``, the best value of ``trainer.monitor``."""
 
