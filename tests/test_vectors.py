@@ -153,6 +153,37 @@ def test_bad_files_are_one_line_naming_dataset_path(tmp_path):
         assert "dataset.path" in message and expected in message, (name, message)
 
 
+def test_tensor_names_labels_and_shard_mismatches(tmp_path, monkeypatch):
+    data = vectors()
+    torch.save({"acts": data, "step": 3, "note": "layer 6"}, tmp_path / "named.pt")  # other entries are ignored
+    assert torch.equal(load(tmp_path / "named.pt").val_images, data[split_rows()["val"]])
+    torch.save({"a": data, "b": data}, tmp_path / "two.pt")
+    assert torch.equal(load(tmp_path / "two.pt", key="b").test_images, data[split_rows()["test"]])
+    np.save(tmp_path / "short.npy", np.zeros(N - 1, dtype=np.int64))
+    mixed = tmp_path / "mixed"
+    save_shards(data, mixed, ".pt", [100])
+    save(data[100:].double(), mixed / "part-001.pt")
+    unlabelled = tmp_path / "unlabelled"
+    save_shards(data, unlabelled, ".pt", [100], labels=torch.zeros(100, dtype=torch.int64))
+    save(data[100:], unlabelled / "part-001.pt")
+    cases = [
+        (dict(path=tmp_path / "two.pt"), "dataset.key=<name>"),
+        (dict(path=tmp_path / "two.pt", key="c"), "dataset.key='c'"),
+        (dict(path=save(data, tmp_path / "x.npy"), labels_path=str(tmp_path / "short.npy")), "199 labels for 200"),
+        (dict(path=tmp_path / "x.npy", labels_path=str(tmp_path / "none.npy")), "dataset.labels_path"),
+        (dict(path=mixed), "float64"),
+        (dict(path=unlabelled), "has no 'labels'"),
+    ]
+    for keys, expected in cases:
+        with pytest.raises((ConfigError, DataNotFoundError)) as err:
+            load(**keys)
+        assert expected in one_line(err), (keys, str(err.value))
+    path = save(data, tmp_path / "z.safetensors")
+    monkeypatch.setitem(__import__("sys").modules, "safetensors", None)  # as if not installed
+    with pytest.raises(ConfigError, match="pip install safetensors"):
+        load(path)
+
+
 def test_nan_is_found_while_streaming_past_the_checked_head(tmp_path, monkeypatch):
     import aeexp.data.vectors as module
 
@@ -231,6 +262,17 @@ def test_a_streamed_epoch_resumed_at_batch_start_is_the_rest_of_the_same_epoch(t
     assert torch.equal(epoch(train, 5, start=start), whole[start * 16 :])
 
 
+def test_a_set_larger_than_max_memory_mb_is_streamed_without_asking(tmp_path, caplog):
+    from aeexp.data.vector_stream import StreamedVectors
+
+    folder = save_shards(vectors(), tmp_path / "shards", ".npy", [100, 100])
+    with caplog.at_level("INFO", logger="aeexp.data.vectors"):
+        big = load(folder, max_memory_mb=0)
+    assert isinstance(big.train_images, StreamedVectors) and "> dataset.max_memory_mb=0" in caplog.text
+    assert isinstance(load(folder).train_images, torch.Tensor)
+    assert isinstance(load(folder, stream=True).train_images, StreamedVectors)
+
+
 def test_debug_limits_take_the_first_streamed_rows(tmp_path):
     data = vectors()
     splits = load(save_shards(data, tmp_path / "shards", ".npy", [100, 100]), stream=True).limited(10, 5)
@@ -256,7 +298,7 @@ def vector_run(path: Path, *overrides: str):
                    "trainer.batch_size=32", "trainer.progress=false", "device=cpu", "trainer.epochs=2", *overrides)
 
 
-def test_training_on_vectors_learns_and_reports_vector_figures(tmp_path):
+def test_training_on_vectors_reports_vector_figures_and_draws_only_codes(tmp_path):
     path = save(vectors(dtype=torch.float16), tmp_path / "x.npy")
     metrics = run_training(vector_run(path, "sparsity=topk", "sparsity.k=4"), tmp_path / "run")
     assert metrics["status"] == "completed"

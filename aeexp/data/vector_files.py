@@ -136,9 +136,10 @@ def open_shard(path: Path, key: Optional[str]) -> Shard:
         content = _load_pt(path)
         if isinstance(content, torch.Tensor):
             tensor, name, labels = content, None, None
-        elif isinstance(content, dict) and all(isinstance(v, torch.Tensor) for v in content.values()):
-            name = _pick_key(path, [str(k) for k in content], key)
-            tensor, labels = content[name], content.get(LABELS_KEY)
+        elif isinstance(content, dict) and any(isinstance(v, torch.Tensor) for v in content.values()):
+            tensors = {str(k): v for k, v in content.items() if isinstance(v, torch.Tensor)}  # other entries: ignored
+            name = _pick_key(path, list(tensors), key)
+            tensor, labels = tensors[name], tensors.get(LABELS_KEY)
         else:
             raise DataFileError(f"dataset.path: {path} holds a {type(content).__name__}; allowed: a tensor (N, D), or "
                                 f"a dict of tensors (the vectors, and optionally '{LABELS_KEY}')")
