@@ -182,3 +182,38 @@ def test_data_without_ground_truth_records_no_recovery(tmp_path):
                                    "dataset.num_val=64", "model.latent_dim=32", "debug=fast", "trainer.progress=false",
                                    "device=cpu"), tmp_path / "run")
     assert "mmcs" not in metrics and "recovered_90" not in metrics
+
+
+# ------------------------------------------------------------------ scripts/reproduce.py's section
+def _reproduce():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_runs_the_ground_truth_experiments_on_their_own_data(tmp_path):
+    reproduce = _reproduce()
+    args = reproduce.parse_args(["--ground-truth", "--out", str(tmp_path), "--runs", str(tmp_path / "runs")])
+    assert args.names == list(reproduce.GROUND_TRUTH) and args.merge
+    assert not reproduce.parse_args(["--experiments", "fc_shallow,sae_topk", "--runs", str(tmp_path)]).merge
+    for name in args.names:
+        overrides = reproduce.train_overrides(name, args)
+        assert not any(o.startswith("dataset=") for o in overrides)  # --dataset is for the image experiments
+    assert reproduce.train_overrides("sae_topk_correlated", args)[:2] == ["experiment=sae_topk", "dataset.correlated=true"]
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--ground-truth", "--experiments", "sae_topk"])
+
+
+def test_reproduce_merges_its_section_into_an_existing_report(tmp_path):
+    reproduce = _reproduce()
+    report = tmp_path / "RESULTS.md"
+    report.write_text("# Results\n\n## Summary\n\nthe seeds' tables\n")
+    reproduce.merge_section(report, [reproduce.GROUND_TRUTH_HEADING, "", "first"])
+    reproduce.merge_section(report, [reproduce.GROUND_TRUTH_HEADING, "", "second"])
+    text = report.read_text()
+    assert text == f"# Results\n\n## Summary\n\nthe seeds' tables\n\n{reproduce.GROUND_TRUTH_HEADING}\n\nsecond\n"
