@@ -37,7 +37,10 @@ import torch
 
 from aeexp.config import require, require_choice
 from aeexp.data.images import ImageSplits
+from aeexp.data.vectors import VECTOR_DATASETS
 from aeexp.registry import DATASETS
+
+VECTOR_DATASETS.add("sparse_features")  # vectors: conv models and pixel noise are refused before any data
 
 MAGNITUDES = ("uniform", "exponential", "constant")
 LABELS = ("none", "strongest")

@@ -258,8 +258,8 @@ def bind_sparsity(bottleneck: Any, model: torch.nn.Module, node: Any, input_shap
             f"({INTERFACE_DOC})")) from None
 
 
-def config_input_shape(dataset: Any) -> Optional[tuple[int, int, int]]:
-    """The (C, H, W) a registered dataset's config implies, or None when only the data knows."""
+def config_input_shape(dataset: Any) -> Optional[tuple[int, ...]]:
+    """The (C, H, W) of images or (D,) of vectors a registered dataset's config implies, or None when only the data knows."""
     if not isinstance(dataset, dict) or "_target_" in dataset:
         return None
     name = dataset.get("name")
@@ -268,6 +268,8 @@ def config_input_shape(dataset: Any) -> Optional[tuple[int, int, int]]:
             return (1, 28, 28)
         if name == "synthetic":
             return (int(dataset["channels"]), int(dataset["height"]), int(dataset["width"]))
+        if name == "sparse_features":
+            return (int(dataset["dim"]),)
         if name == "image_folder":
             size = list(dataset["size"])
             return (int(dataset["channels"]), int(size[0]), int(size[-1]))
