@@ -585,7 +585,7 @@ def _method(cfg: DictConfig | None) -> str:
         aux = f", AuxK {s.aux_weight:g}" if s.aux_weight else ", no AuxK"
         return f"{s.name} k={s.k}{', ReLU' if s.get('relu') else ''}{aux}"
     if s.name == "l1":
-        return f"L1 {s.weight:g} x mean\|z\|, {m.get('code_activation', '?')} code"
+        return f"L1 {s.weight:g} x mean" + r"\|z\|" + f", {m.get('code_activation', '?')} code"
     return s.name
 
 
