@@ -8,10 +8,12 @@ test modules live here, never in a test module another one imports.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 import shutil
 import struct
+import sys
 from pathlib import Path
 
 import aeexp  # noqa: F401  (first: aeexp sets OpenMP's wait policy before torch loads it; aeexp.threads)
@@ -19,8 +21,13 @@ import hydra
 import pytest
 import torch
 import yaml
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.defaults_list import Overrides
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from aeexp.models import Autoencoder
@@ -55,13 +62,78 @@ def inner_loop(cases: list[tuple], count: int) -> list:
 
 
 def compose(*overrides: str) -> DictConfig:
-    """The config ``python train.py <overrides>`` would see (without the ``hydra`` node)."""
+    """The config ``python train.py <overrides>`` would see (without the ``hydra`` node).
+
+    Hydra composes in two steps: the config groups the overrides choose make a defaults
+    list, which is merged into one config; then the other overrides (``key=value``, ``+key``,
+    ``~key``) are applied to it, in order. A whole composition costs a tenth of a second or two
+    and the suite composes a few hundred times, mostly the same few group choices with
+    different values, so the first step's result is kept per list of group overrides and the
+    second step runs on a copy of it through Hydra's own function (an error from either step
+    is Hydra's). Overrides of ``hydra.*``, sweeps, or anything else Hydra might treat
+    differently compose from scratch, as does every call with ``AEEXP_TEST_COMPOSE_CACHE=0``;
+    test_config.py checks both ways give the same config and errors.
+    """
+    if os.environ.get("AEEXP_TEST_COMPOSE_CACHE", "1") != "0":
+        split = _split_overrides(overrides)
+        if split is not None:
+            groups, values = split
+            base = _COMPOSED_GROUPS.get(groups)
+            if base is None:
+                try:
+                    base = hydra_compose(*groups)
+                except HydraException:
+                    return hydra_compose(*overrides)  # the error Hydra gives for the whole command line
+                _COMPOSED_GROUPS[groups] = base
+            cfg = copy.deepcopy(base)
+            try:
+                ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+            except OmegaConfBaseException as err:  # as ConfigLoaderImpl.load_configuration wraps them
+                raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from err
+            return cfg
+    return hydra_compose(*overrides)
+
+
+def hydra_compose(*overrides: str) -> DictConfig:
+    """:func:`compose` without its cache: one whole composition by Hydra's compose API."""
     GlobalHydra.instance().clear()
     try:
         with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return hydra.compose("config", overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
+
+
+_COMPOSED_GROUPS: dict[tuple[str, ...], DictConfig] = {}  # group overrides -> Hydra's composition of them
+_GROUPS_REPO = []  # [the config repository Hydra composes from], once built: it says which keys are groups
+
+
+def _config_repository():
+    """The repository Hydra reads conf/ through (with conf/config.yaml's search path)."""
+    if not _GROUPS_REPO:
+        GlobalHydra.instance().clear()
+        try:
+            with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                loader = GlobalHydra.instance().config_loader()
+                _GROUPS_REPO.append(loader._parse_overrides_and_create_caching_repo("config", [])[1])
+        finally:
+            GlobalHydra.instance().clear()
+    return _GROUPS_REPO[0]
+
+
+def _split_overrides(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list] | None:
+    """(the overrides that choose config groups, as typed; the parsed others) as Hydra sorts
+    them (``hydra._internal.defaults_list.Overrides``), or None where :func:`compose` should
+    not take the shortcut."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        if any(o.key_or_group.split(".")[0].split("/")[0] == "hydra" or o.is_sweep_override() for o in parsed):
+            return None  # hydra.searchpath among them could change which groups there are
+        values = Overrides(_config_repository(), parsed).config_overrides
+    except (HydraException, ValueError):  # unparsable, or a group given something Hydra refuses
+        return None  # Hydra's own composition will say what is wrong
+    groups = tuple(o.input_line for o in parsed if not any(o is v for v in values))
+    return groups, values
 
 
 def small_run(*overrides: str) -> DictConfig:

@@ -79,9 +79,19 @@ def test_valid_command_lines_pass(line):
     check_command_line(shlex.split(line), CONF_DIR)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+# The inner loop (pytest -m "not slow") checks an experiment with stages, one that searches with
+# a sweeper and one that mixes conv and fc settings; test_experiments.py composes and trains others.
+INNER_LOOP_EXPERIMENTS = {"deep_fc_layerwise", "search_l1", "conv_fc"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=() if name in INNER_LOOP_EXPERIMENTS else pytest.mark.slow)
+                                  for name in EXPERIMENTS])
 def test_every_experiment_passes(name):
     check_command_line([f"experiment={name}", "dataset=synthetic"], CONF_DIR)
+
+
+def test_the_inner_loop_experiments_exist():
+    assert INNER_LOOP_EXPERIMENTS <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize(("line", "key", "words"), REFUSED, ids=[r[0] for r in REFUSED])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from aeexp.config import ConfigError, validate
 from conftest import CONF_DIR, REPO, compose, inner_loop
@@ -63,7 +63,7 @@ def test_defaults_follow_the_command_line_contract():
 
 @pytest.mark.parametrize(
     ("experiment", "latent_dim", "batch_size"),
-    [("mlp2", 2, 128), ("mlp32", 32, 128), ("fc_shallow", 64, 512)],
+    inner_loop([("mlp32", 32, 128), ("fc_shallow", 64, 512), ("mlp2", 2, 128)], 2),
 )
 def test_experiments_set_the_seeds_settings(experiment, latent_dim, batch_size):
     cfg = validate(compose(f"experiment={experiment}", "dataset=synthetic"))
@@ -121,8 +121,15 @@ def test_paths_follow_AEEXP_ROOT_and_the_command_line(monkeypatch, tmp_path):
 
 # ------------------------------------------------------------------------ bad values
 BAD_VALUES = [
-    # (overrides, the key the message must name, text the message must contain)
+    # (overrides, the key the message must name, text the message must contain); the first six
+    # stand for the others in the inner loop: an integer's range, a list item's range, a wrong
+    # type, an unknown key, an unknown registered name, a value inside a layer descriptor
     (["trainer.epochs=0"], "trainer.epochs", ["0"]),
+    (["optimizer.betas=[0.9,1.5]"], "optimizer.betas", ["1.5"]),
+    (["trainer.epochs=abc"], "trainer.epochs", ["abc"]),
+    (["+model.foo=1"], "model.foo", ["unknown", "latent_dim"]),
+    (["model.name=nosuch"], "model.name", ["nosuch", "fc"]),
+    (["model.encoder=[{out_features:0}]"], "model.encoder[0].out_features", ["0"]),
     (["trainer.batch_size=0"], "trainer.batch_size", ["0"]),
     (["trainer.val_batch_size=-3"], "trainer.val_batch_size", ["-3"]),
     (["trainer.grad_clip=0"], "trainer.grad_clip", ["0"]),
@@ -132,18 +139,14 @@ BAD_VALUES = [
     (["optimizer.lr=-1"], "optimizer.lr", ["-1"]),
     (["optimizer.eps=0"], "optimizer.eps", ["0"]),
     (["optimizer.weight_decay=-1"], "optimizer.weight_decay", ["-1"]),
-    (["optimizer.betas=[0.9,1.5]"], "optimizer.betas", ["1.5"]),
     (["optimizer=sgd", "optimizer.momentum=1.0"], "optimizer.momentum", ["1.0"]),
-    (["trainer.epochs=abc"], "trainer.epochs", ["abc"]),
     (["trainer.epochs=1.5"], "trainer.epochs", ["1.5"]),
     (["optimizer.lr=abc"], "optimizer.lr", ["abc"]),
     (["trainer.resume=maybe"], "trainer.resume", ["maybe"]),
     (["seed=abc"], "seed", ["abc"]),
-    (["+model.foo=1"], "model.foo", ["unknown", "latent_dim"]),
     (["+trainer.bogus=3"], "trainer.bogus", ["unknown", "epochs"]),
     (["+sparsity.k=3"], "sparsity.k", ["unknown"]),
     (["+foo=1"], "foo", ["unknown", "trainer"]),
-    (["model.name=nosuch"], "model.name", ["nosuch", "fc"]),
     (["noise.name=nosuch"], "noise.name", ["nosuch", "none"]),
     (["optimizer.name=nosuch"], "optimizer.name", ["nosuch", "adam", "sgd"]),
     (["scheduler.name=nosuch"], "scheduler.name", ["nosuch", "plateau", "cosine"]),
@@ -154,7 +157,6 @@ BAD_VALUES = [
     (["device.precision=fp8"], "device.precision", ["fp8", "fp32", "bf16", "fp16"]),
     (["device.name=tpu"], "device.name", ["tpu", "cpu", "cuda"]),
     (["model.code_activation=relux"], "model.code_activation", ["relux", "leaky_relu"]),
-    (["model.encoder=[{out_features:0}]"], "model.encoder[0].out_features", ["0"]),
     (["model.encoder=[{out_features:8,dropout:1.5}]"], "model.encoder[0].dropout", ["1.5"]),
     (["dataset=fashion_mnist", "dataset.val_size=0"], "dataset.val_size", ["0"]),
     (["dataset=synthetic", "dataset.num_test=0"], "dataset.num_test", ["0"]),
@@ -163,7 +165,7 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize(
-    ("overrides", "key", "texts"), inner_loop(BAD_VALUES, 12), ids=[" ".join(case[0]) for case in BAD_VALUES]
+    ("overrides", "key", "texts"), inner_loop(BAD_VALUES, 6), ids=[" ".join(case[0]) for case in BAD_VALUES]
 )
 def test_bad_value_raises_config_error_naming_key_and_value(overrides, key, texts):
     if not any(o.startswith("dataset=") for o in overrides):
@@ -190,3 +192,48 @@ def test_a_required_value_left_out_names_its_key():
     with pytest.raises(ConfigError) as err:
         validate(compose("dataset=image_folder"))
     assert err.value.key == "dataset.root"
+
+
+# ------------------------------------------------------------- the tests' own compose
+# The first case of each list stands for it in the inner loop.
+SAME_AS_HYDRA = [
+    ["experiment=deep_fc_layerwise", "dataset=synthetic", "+foo=1", "~trainer.image_every", "++seed=4",
+     "model.encoder=[{out_features:8,bogus:1}]", "trainer.stages=[{},{optimizer:{lr:1.0e-4}}]"],
+    ["dataset=synthetic", "model=mlp", "model.latent_dim=3", "trainer.epochs=2"],
+    ["dataset=synthetic", "sparsity=topk", "sparsity.k=2", "trainer.stages=[{epochs:1}]", "tags=[a,b]"],
+    ["dataset=fashion_mnist", "dataset.root=${paths.data_dir}/x", "optimizer=sgd", "debug=fast"],
+]
+NOT_COMPOSED = [
+    ["dataset=synthetic", "model=nosuch", "trainer.nosuch=1"],  # the group's error, not the key's
+    ["trainer.nosuch=1"],  # no such key: Hydra asks for +
+    ["+trainer.epochs=3"],  # already there: Hydra asks for ++ or no +
+    ["~trainer.nosuch"],
+    ["model=nosuch"],
+    ["dataset=synthetic", "model={_target_: my.Model, latent_dim: 4}"],  # a group given a dict
+    ["trainer.epochs=[1"],  # not an override Hydra can parse
+    ["trainer.epochs=1,2"],  # a sweep: not in compose
+]
+
+
+@pytest.mark.parametrize("overrides", inner_loop([(o,) for o in SAME_AS_HYDRA], 1), ids=lambda o: " ".join(o))
+def test_the_tests_compose_gives_what_hydra_composes(overrides):
+    """conftest.compose reuses the group choices' composition; the result must be Hydra's own."""
+    from conftest import hydra_compose
+
+    ours, hydras = compose(*overrides), hydra_compose(*overrides)
+    assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(hydras)
+    assert OmegaConf.is_struct(ours) and OmegaConf.is_struct(hydras)
+    assert compose(*overrides) is not ours  # a fresh copy every time: a test may change its own
+
+
+@pytest.mark.parametrize("overrides", inner_loop([(o,) for o in NOT_COMPOSED], 1), ids=lambda o: " ".join(o))
+def test_the_tests_compose_fails_as_hydra_fails(overrides):
+    from conftest import hydra_compose
+
+    errors = []
+    for composer in (compose, hydra_compose):
+        with pytest.raises(Exception) as info:
+            composer(*overrides)
+        error = info.value
+        errors.append((type(error), str(error), type(error.__cause__), str(error.__cause__)))
+    assert errors[0] == errors[1]

@@ -74,9 +74,15 @@ def test_one_hot_codes_decode_to_images_for_the_dictionary():
 
 
 # ------------------------------------------------------------------ training on conv codes
-@pytest.mark.parametrize("model", ["conv", "conv_fc"])
+# A conv epoch costs several fc ones: these runs train on a quarter of small_run's images
+# (two batches of each split), which is all their assertions need.
+FEW_IMAGES = ("dataset.num_train=128", "dataset.num_val=64")
+
+
+@pytest.mark.parametrize("model", ["conv", pytest.param("conv_fc", marks=pytest.mark.slow)])
 def test_topk_works_on_a_conv_code(tmp_path, model):
-    metrics = run_training(small_run(f"model={model}", "sparsity=topk", "sparsity.k=8", "trainer.epochs=1"), tmp_path)
+    metrics = run_training(small_run(f"model={model}", "sparsity=topk", "sparsity.k=8", "trainer.epochs=1",
+                                     *FEW_IMAGES), tmp_path)
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_mse"])
     assert 0 < metrics["val_l0"] <= 8
 
@@ -84,7 +90,7 @@ def test_topk_works_on_a_conv_code(tmp_path, model):
 def test_a_conv_net_written_on_the_command_line_builds_and_trains(tmp_path):
     encoder = ("model.encoder=[{channels:8,kernel:5,padding:2,activation:gelu,pool:2},"
                "{channels:16,kernel:3,stride:2,activation:leaky_relu,repeat:2}]")
-    cfg = small_run("model=conv", encoder, "model.latent_dim=10", "trainer.epochs=1")
+    cfg = small_run("model=conv", encoder, "model.latent_dim=10", "trainer.epochs=1", *FEW_IMAGES)
     net = build_model(validate(cfg), (1, 28, 28))
     convs = layers(net.encoder, nn.Conv2d)
     assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 8), (8, 16), (16, 16)]

@@ -135,11 +135,14 @@ def cli_call(command: str, site: Path, cwd: Path, extra: tuple[str, ...] = ()) -
 
 
 @pytest.fixture(scope="module")
-def train_results(site) -> dict[str, tuple[int, str, Path]]:
-    """Every printed train.py command, run (two at a time): {command: (status, output, cwd)}."""
-    calls = [cli_call(c, site, site / "runs" / str(i)) for i, c in enumerate(TRAIN_COMMANDS)]
+def train_results(request, site) -> dict[str, tuple[int, str, Path]]:
+    """Every printed train.py command this session tests, run (two at a time): {command: (status, output, cwd)}."""
+    selected = {item.callspec.params["command"] for item in request.session.items
+                if getattr(item, "originalname", "") == "test_a_printed_train_command_runs"}
+    commands = [c for c in TRAIN_COMMANDS if c in selected]
+    calls = [cli_call(c, site, site / "runs" / str(i)) for i, c in enumerate(commands)]
     results = run_many(calls, jobs=2)
-    return {c: (*result, call["cwd"]) for c, result, call in zip(TRAIN_COMMANDS, results, calls)}
+    return {c: (*result, call["cwd"]) for c, result, call in zip(commands, results, calls)}
 
 
 def plain_yaml(block: str) -> dict:
@@ -197,7 +200,31 @@ def test_a_printed_file_parses(path):
             assert block.splitlines()[0] == header[0], f"{path}: '# @package' must be its first line"
 
 
-@pytest.mark.parametrize("path", sorted(p for p in FILES if not p.endswith(".py")))
+def chosen(command: str) -> set[tuple[str, str]]:
+    return set(chosen_options(shlex.split(command)))
+
+
+# The inner loop (pytest -m "not slow") runs each printed command but those choosing only
+# printed options a longer command also chooses (``model=linear16`` alone, say, beside
+# ``model=linear16 sparsity=top_quarter``), and those training section 2's wide model (3.8
+# million parameters: a second or more; the test adds --config-dir to them, as to the others,
+# and its file composes and validates in the inner loop).
+HEAVY_OPTIONS = {("model", "wide")}
+INNER_COMMANDS = [c for c in TRAIN_COMMANDS if not chosen(c) & HEAVY_OPTIONS
+                  and not any(chosen(c) < chosen(other) for other in TRAIN_COMMANDS)]
+
+
+def run_by_a_command(path: str) -> bool:
+    """Whether a printed train.py command of the inner loop selects this printed config file
+    (and so composes, checks and trains with it: test_a_printed_train_command_runs)."""
+    group_option = tuple(config_dir_path(path).removesuffix(".yaml").split("/"))
+    return any(group_option in chosen(command) for command in INNER_COMMANDS)
+
+
+# The inner loop composes the files its printed commands do not use; those commands compose
+# and check the others.
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow if run_by_a_command(p) else ())
+                                  for p in sorted(p for p in FILES if not p.endswith(".py"))])
 def test_a_printed_config_composes_and_validates(path, site, monkeypatch):
     """Each config file, chosen on its own over the defaults (synthetic data), composes as
     train.py would compose it and passes aeexp's checks; this covers the files no command
@@ -223,7 +250,8 @@ def short(command: str) -> str:
     return command.replace(CONFIGS_PLACEHOLDER, "CONFIGS").replace(CODE_PLACEHOLDER, "CODE")
 
 
-@pytest.mark.parametrize("command", TRAIN_COMMANDS, ids=short)
+@pytest.mark.parametrize("command", [pytest.param(c, marks=() if c in INNER_COMMANDS else pytest.mark.slow)
+                                     for c in TRAIN_COMMANDS], ids=short)
 def test_a_printed_train_command_runs(command, train_results):
     status, output, cwd = train_results[command]
     assert status == 0, f"{command}\n{output}"

@@ -66,7 +66,9 @@ def test_memory_limit_decides_between_memory_and_streaming(png_folder):
     assert isinstance(load_image_folder(str(png_folder), num_workers=0).train_images, torch.Tensor)
 
 
-@pytest.mark.parametrize("in_memory", ["true", "false"])
+# In the inner loop, training from memory is test_bad_input.py's skip_bad_files run (train.py,
+# in_memory left to choose memory); here the streamed one.
+@pytest.mark.parametrize("in_memory", [pytest.param("true", marks=pytest.mark.slow), "false"])
 def test_training_on_an_image_folder(png_folder, tmp_path, in_memory):
     run_training(image_folder_run(png_folder, f"dataset.in_memory={in_memory}", "trainer.epochs=2",
                                   "dataset.num_workers=1"), tmp_path)

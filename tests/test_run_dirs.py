@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from cli_runner import run_cli
+from cli_runner import run_cli, run_many
 from conftest import inner_loop, small_run
 
 from aeexp.config import ConfigError
@@ -77,12 +77,14 @@ def test_resume_without_a_checkpoint_beside_results_refuses_instead_of_starting_
     assert "last.pt does not exist" in line and "starting over would replace them" in line
 
 
+@pytest.mark.slow  # the inner loop: the same refusal for a missing last.pt (above)
 def test_resume_from_best_without_best_refuses(finished, tmp_path):
     run = unfinished(copy_of(finished, tmp_path, ["last.pt", "metrics.json"]))
     line = refused(tmp_path, run, "trainer.resume=true", "trainer.resume_from=best")
     assert "trainer.resume_from: got 'best'" in line and "best.pt does not exist" in line
 
 
+@pytest.mark.slow  # in the inner loop, every refusal above compares the whole tree, .hydra/ and train.log included
 def test_a_refused_run_leaves_hydra_files_and_log_untouched(finished, tmp_path):
     run = copy_of(finished, tmp_path)
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").stat().st_size > 0
@@ -102,6 +104,7 @@ def test_a_command_refused_before_training_leaves_no_run_folder(tmp_path, bad):
     assert not outputs.exists() or not any(p.is_dir() for p in outputs.glob("*/*")), list(outputs.rglob("*"))
 
 
+@pytest.mark.slow  # the inner loop: a run folder that cannot be created (below)
 def test_a_run_dir_that_is_a_file_is_one_line(tmp_path):
     target = tmp_path / "run"
     target.write_text("not a folder")
@@ -163,10 +166,12 @@ def test_resume_settings_refusal_is_a_config_error(tmp_path):
 
 
 def test_a_run_dir_that_cannot_be_created_is_one_line_and_leaves_nothing(tmp_path):
-    code, output = run_cli("train.py", [*TINY, "hydra.run.dir=/proc/aeexp/run"], tmp_path)
+    made = tmp_path / "a" / "b" / "run"
+    (code, output), (refused_code, _) = run_many([  # the two commands at once: neither touches the other's folder
+        {"script": "train.py", "args": [*TINY, "hydra.run.dir=/proc/aeexp/run"], "cwd": tmp_path},
+        {"script": "train.py", "args": [*TINY, f"hydra.run.dir={made}", "trainer.epochs=0"], "cwd": tmp_path},
+    ])
     assert code == 2 and "Traceback" not in output, output
     assert [line for line in output.splitlines() if line.strip()] == [output.strip()]
     assert "hydra.run.dir: /proc/aeexp/run cannot be created" in output
-    made = tmp_path / "a" / "b" / "run"
-    code, output = run_cli("train.py", [*TINY, f"hydra.run.dir={made}", "trainer.epochs=0"], tmp_path)
-    assert code == 2 and not made.exists()  # no run folder left behind
+    assert refused_code == 2 and not made.exists()  # no run folder left behind

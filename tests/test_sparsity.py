@@ -254,7 +254,11 @@ def test_l1_and_kl_lower_activity_against_no_sparsity(tmp_path):
     assert l1["train_penalty"] > 0 and kl["train_penalty"] > 0
 
 
-@pytest.mark.parametrize("method", ["topk", "lifetime", "l1", "kl", "batch_topk"])
+# In the inner loop, topk trains in test_topk5_training_gives_at_most_5_active_features (and
+# test_conv.py), l1 and kl in test_l1_and_kl_lower_activity_against_no_sparsity.
+@pytest.mark.parametrize("method", [pytest.param("topk", marks=pytest.mark.slow), "lifetime",
+                                    pytest.param("l1", marks=pytest.mark.slow), pytest.param("kl", marks=pytest.mark.slow),
+                                    "batch_topk"])
 def test_every_method_trains_with_finite_losses_and_writes_latent_metrics(tmp_path, method):
     metrics, run_dir = train_small(tmp_path, method, f"sparsity={method}", "trainer.epochs=1")
     for key in ("train_loss", "train_mse", "train_penalty", "train_aux", "val_mse"):

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from aeexp.cli import USER_ERRORS
 from aeexp.config import ConfigError
 from aeexp.training.run import run_training
-from conftest import TinyUserModel, compose, small_run
+from conftest import TinyUserModel, compose, inner_loop, small_run
 
 DROPOUT = "model.encoder=[{out_features:128,activation:relu,dropout:0.2}]"
 VARIANTS = {"fc": (), "fc_dropout": (DROPOUT,)}
@@ -104,7 +104,10 @@ def test_run_files_are_readable_like_other_files_the_user_creates(run_a, tmp_pat
 
 
 # --------------------------------------------------------------------------- resume
-@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.slow) if v != "fc" else v for v in VARIANTS])
+# Slow: the inner loop checks that resume ends like an uninterrupted run at an epoch boundary
+# (test_stages.py, inside a stage) and mid-epoch (test_interrupts.py, with noise and dropout).
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_resume_equals_an_uninterrupted_run(tmp_path, variant):
     extra = VARIANTS[variant]
     whole, split = tmp_path / "whole", tmp_path / "split"
@@ -135,6 +138,7 @@ def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path):
     assert metrics["epoch"] == 1 and (tmp_path / "checkpoints" / "last.pt").exists()
 
 
+@pytest.mark.slow  # the inner loop: test_run_dirs.py refuses a resume with a different model (train.py) or sparsity
 def test_resume_with_a_different_model_is_a_user_error(tmp_path):
     """A config that does not fit the checkpoint should fail in one line (no traceback)."""
     train(tmp_path, "trainer.epochs=1", "model.latent_dim=16")
@@ -158,8 +162,9 @@ def test_different_seed_gives_different_metrics(run_a, tmp_path):
 
 
 # ---------------------------------------------------------------- fail before work
-@pytest.mark.parametrize(
-    "bad", ["trainer.epochs=0", "optimizer.lr=-1", "model.latent_dim=0", "device.precision=fp8", "+trainer.bogus=3"]
+@pytest.mark.parametrize(  # a bad value, and an unknown key, stand for the others in the inner loop
+    "bad", inner_loop([("trainer.epochs=0",), ("+trainer.bogus=3",), ("optimizer.lr=-1",), ("model.latent_dim=0",),
+                       ("device.precision=fp8",)], 2)
 )
 def test_bad_value_fails_before_any_work(tmp_path, bad):
     run_dir = tmp_path / "run"
@@ -178,6 +183,7 @@ def test_unavailable_device_fails_before_any_work(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow  # the inner loop: test_run_dirs.py's existing-run refusal through train.py (the whole tree kept)
 def test_existing_run_without_resume_is_refused_and_left_untouched(tmp_path):
     train(tmp_path, "trainer.epochs=1")
     last = tmp_path / "checkpoints" / "last.pt"
