@@ -51,7 +51,7 @@ ACCEPTED = [
 REFUSED = [
     ("experiment=nosuch", "experiment", "allowed: one of conv32"),
     ("hparams_search=nosuch", "hparams_search", "allowed: one of optuna"),
-    ("model=nosuch", "model", "allowed: one of conv, conv_fc, deep_fc, fc, mlp"),
+    ("model=nosuch", "model", "allowed: one of conv, conv_fc, deep_fc, fc, mlp, sae"),
     ("-m model=fc,nosuch", "model", "got 'nosuch'"),
     ("model.foo=1", "model.foo", "unknown key; valid keys here: name, latent_dim, encoder"),
     ("model=conv model.tied=true", "model.tied", "unknown key"),
@@ -133,7 +133,7 @@ def test_a_config_dir_adds_options_and_its_keys_are_checked(tmp_path):
     check_command_line([*base, "experiment=mlp32"], CONF_DIR)
     with pytest.raises(ConfigError, match=r"model.tied: a valid key that \S*model/wide.yaml does not set"):
         check_command_line([*base, "model=wide", "model.tied=true"], CONF_DIR)
-    with pytest.raises(ConfigError, match="allowed: one of conv, conv_fc, deep_fc, fc, mine, mlp, wide"):
+    with pytest.raises(ConfigError, match="allowed: one of conv, conv_fc, deep_fc, fc, mine, mlp, sae, wide"):
         check_command_line([*base, "model=nosuch"], CONF_DIR)
     with pytest.raises(ConfigError, match="model.foo: unknown key"):
         check_command_line([*base, "experiment=my_wide", "model.foo=1"], CONF_DIR)

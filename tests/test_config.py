@@ -15,7 +15,7 @@ GROUP_OPTIONS = sorted(
     for path in group.glob("*.yaml")
 )
 # Options with a value the user must give (`???` in their YAML).
-REQUIRED = {"image_folder": "dataset.root=/tmp/any-image-folder"}
+REQUIRED = {"image_folder": "dataset.root=/tmp/any-image-folder", "vectors": "dataset.path=/tmp/any-vectors.npy"}
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
