@@ -144,11 +144,14 @@ class TrainerConfig:
     max_parameters: Optional[int] = DEFAULT_MAX_PARAMETERS
     limit_train_batches: Optional[int] = None
     limit_val_batches: Optional[int] = None
+    log_every_n_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         require(self.val_batch_size >= 1, "val_batch_size", self.val_batch_size, "an integer >= 1")
+        require(self.log_every_n_steps is None or self.log_every_n_steps >= 1, "log_every_n_steps",
+                self.log_every_n_steps, "null (no per-step scalars) or an integer >= 1 (every that many optimizer steps)")
         for key in ("limit_train_batches", "limit_val_batches"):
             value = getattr(self, key)
             require(value is None or value >= 1, key, value,

@@ -105,8 +105,9 @@ class EpochRecord:
 class RunLog:
     """Opened for the span of ``Trainer.fit`` (``with RunLog(run_dir) as run_log``)."""
 
-    def __init__(self, run_dir: Path, recorded: dict[str, Any] | None = None):
+    def __init__(self, run_dir: Path, recorded: dict[str, Any] | None = None, every_n_steps: int | None = None):
         self.run_dir = Path(run_dir)
+        self.every_n_steps = every_n_steps  # trainer.log_every_n_steps (None: no per-step scalars)
         self.writer: SummaryWriter | None = None
         self.recorded = dict(recorded or {})  # what metrics.json and the checkpoints on disk agree on
 
@@ -132,6 +133,19 @@ class RunLog:
         return metrics
 
     # ------------------------------------------------------------- TensorBoard
+    def step(self, global_step: int, terms: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Per-step scalars (``step/*``, keyed by the global optimizer step, which a resumed
+        run continues from its checkpoint) every ``trainer.log_every_n_steps`` steps.
+        ``terms`` is the step's detached (loss, mse, penalty, aux): read (a device sync) only
+        on the steps that are written, never when the option is off."""
+        if not self.every_n_steps or global_step % self.every_n_steps:
+            return
+        loss, mse, penalty, aux = terms.tolist()
+        for tag, value in (("step/train_loss", loss), ("step/train_mse", mse), ("step/train_penalty", penalty),
+                           ("step/train_aux", aux), ("step/lr", optimizer.param_groups[0]["lr"])):
+            if tag in ("step/train_loss", "step/train_mse", "step/lr") or value != 0:
+                self.writer.add_scalar(tag, value, global_step)
+
     def epoch(self, record: EpochRecord, firing_rate: torch.Tensor, improved: bool) -> None:
         m = record.as_dict()
         for tag, key in SCALARS.items():

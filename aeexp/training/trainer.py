@@ -62,7 +62,7 @@ class Trainer:
         self.partial_epoch: dict[str, Any] | None = None  # where an interrupted epoch stopped (train_epoch)
         self.interrupts = InterruptWatch(poll=stop_requested)
         self.metrics: dict[str, Any] = {}  # the latest EpochRecord, as written to metrics.json
-        self.run_log = RunLog(self.run_dir)
+        self.run_log = RunLog(self.run_dir, every_n_steps=self.settings.get("log_every_n_steps"))
         # ``model`` is the first stage's (``stage_model``); later stages are built on the way.
         self.stages: list[Stage] = plan_stages(cfg)
         self._start_stage(0, model)
@@ -184,6 +184,7 @@ class Trainer:
                    disable=None if self.settings.progress else True)
         for step, clean in enumerate(bar, start=start + 1):
             terms = self.train_step(clean)
+            self.run_log.step(self.global_step, terms, self.optimizer)  # trainer.log_every_n_steps
             sums += terms.to(torch.float64) * len(clean)
             # Reading the loss forces a device sync, so on a GPU look only every few steps.
             if self.device.type == "cpu" or step % 10 == 0 or self.reference_loss is None:

@@ -1,0 +1,65 @@
+"""What aeexp writes to TensorBoard, read back through TensorBoard's own event reader:
+per-step scalars (``trainer.log_every_n_steps``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from aeexp.config import ConfigError, validate
+from aeexp.training.run import run_training
+from conftest import small_run
+
+STEPS_PER_EPOCH = 8  # small_run: 512 training images in batches of 64
+
+
+def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} over every event file of ``run_dir`` (a resumed run adds one)."""
+    found: dict[str, dict[int, float]] = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            found.setdefault(tag, {}).update({e.step: e.value for e in events.Scalars(tag)})
+    return found
+
+
+def step_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    return {tag: values for tag, values in scalars(run_dir).items() if tag.startswith("step/")}
+
+
+def test_per_step_scalars_are_off_by_default(tmp_path):
+    run_training(small_run("trainer.epochs=1"), tmp_path)
+    assert step_scalars(tmp_path) == {}
+
+
+def test_per_step_scalars_every_n_steps_keyed_by_global_step(tmp_path):
+    run_training(small_run("trainer.epochs=2", "trainer.log_every_n_steps=3", "sparsity=l1"), tmp_path)
+    found = step_scalars(tmp_path)
+    assert set(found) == {"step/train_loss", "step/train_mse", "step/train_penalty", "step/lr"}  # l1: no aux
+    for values in found.values():
+        assert sorted(values) == [3, 6, 9, 12, 15]  # 16 optimizer steps in all
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert found["step/lr"][15] == pytest.approx(metrics["lr"])
+    for step in found["step/train_loss"]:
+        loss, mse, penalty = (found[f"step/train_{k}"][step] for k in ("loss", "mse", "penalty"))
+        assert loss == pytest.approx(mse + penalty, rel=1e-5) and penalty > 0
+
+
+def test_per_step_scalars_continue_exactly_on_resume(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    every = ("trainer.log_every_n_steps=3",)
+    run_training(small_run("trainer.epochs=2", *every), whole)
+    run_training(small_run("trainer.epochs=1", *every), split)
+    assert sorted(step_scalars(split)["step/train_loss"]) == [3, 6]
+    run_training(small_run("trainer.epochs=2", "trainer.resume=true", *every), split)
+    assert step_scalars(split) == step_scalars(whole)  # the same steps, the same values, none twice
+
+
+def test_log_every_n_steps_is_null_or_positive():
+    assert validate(small_run()).trainer.log_every_n_steps is None
+    with pytest.raises(ConfigError, match="trainer.log_every_n_steps: got 0"):
+        validate(small_run("trainer.log_every_n_steps=0"))
