@@ -1,17 +1,22 @@
 """What aeexp writes to TensorBoard, read back through TensorBoard's own event reader:
-per-step scalars (``trainer.log_every_n_steps``)."""
+per-step scalars (``trainer.log_every_n_steps``) and the HParams entry (config-group choices)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import hydra
 import pytest
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from aeexp.config import ConfigError, validate
 from aeexp.training.run import run_training
-from conftest import small_run
+from conftest import CONF_DIR, SMALL_RUN, small_run
 
 STEPS_PER_EPOCH = 8  # small_run: 512 training images in batches of 64
 
@@ -63,3 +68,47 @@ def test_log_every_n_steps_is_null_or_positive():
     assert validate(small_run()).trainer.log_every_n_steps is None
     with pytest.raises(ConfigError, match="trainer.log_every_n_steps: got 0"):
         validate(small_run("trainer.log_every_n_steps=0"))
+
+
+# ------------------------------------------------------------------------------- HParams
+def hparams(run_dir: Path) -> dict[str, object]:
+    """The hyperparameters of the run's HParams session, as TensorBoard's hparams plugin reads them."""
+    events = EventAccumulator(str(next(run_dir.glob("events.out.tfevents.*"))))
+    events.Reload()
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.SESSION_START_INFO_TAG]
+    start = hparams_metadata.parse_session_start_info_plugin_data(content)
+    return {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+            for name, value in start.hparams.items()}
+
+
+def train_as_hydra_would(run_dir: Path, *overrides: str) -> None:
+    """run_training inside the Hydra context train.py runs in (HydraConfig set, the task
+    config without its ``hydra`` node), as Hydra's run_job does for a run or a sweep job."""
+    GlobalHydra.instance().clear()
+    try:
+        with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra.compose("config", overrides=[*SMALL_RUN, *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        run_training(cfg, run_dir)
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+
+
+def test_hparams_carry_the_config_group_choices(tmp_path):
+    train_as_hydra_would(tmp_path, "trainer.epochs=1", "sparsity=l1", "noise=gaussian", "scheduler=cosine")
+    found = hparams(tmp_path)
+    assert {k: found.get(k) for k in ("model", "sparsity", "noise", "dataset", "optimizer", "scheduler")} == {
+        "model": "fc", "sparsity": "l1", "noise": "gaussian", "dataset": "synthetic", "optimizer": "adam",
+        "scheduler": "cosine"}
+    assert found["model.name"] == "fc" and found["sparsity.weight"] > 0  # the config's own values stay
+    assert not any(k.startswith("hydra") or k.startswith("paths") for k in found)
+    assert "experiment" not in found and "debug" not in found  # groups left unchosen
+
+
+def test_hparams_without_hydra_have_the_config_only(tmp_path):
+    run_training(small_run("trainer.epochs=1"), tmp_path)
+    found = hparams(tmp_path)
+    assert found["model.name"] == "fc" and "model" not in found

@@ -19,7 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from aeexp.checkpoints import write_json
 from aeexp.pictures import save_png
-from aeexp.training.tensorboard import write_hparams
+from aeexp.training.tensorboard import group_choices, write_hparams
 from aeexp.training.validation import ground_truth_figures
 
 log = logging.getLogger("aeexp.training.trainer")
@@ -179,4 +179,4 @@ class RunLog:
         """The final metrics.json and the HParams entry that lines this run up with others."""
         self.write(metrics)
         write_hparams(self.writer, OmegaConf.to_container(cfg, resolve=True),
-                      {k: metrics[k] for k in HPARAM_METRICS if k in metrics})
+                      {k: metrics[k] for k in HPARAM_METRICS if k in metrics}, group_choices())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
@@ -28,11 +29,26 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def write_hparams(writer: SummaryWriter, config: dict[str, Any], metrics: dict[str, float]) -> None:
+def group_choices() -> dict[str, str]:
+    """The config-group options the run was composed from (``model: fc``, ``sparsity: l1``,
+    ``experiment: search_l1``...), as Hydra recorded them for a run it started (``train.py``,
+    each job of a sweep); ``{}`` for a config composed elsewhere (tests, notebooks). Hydra's
+    own groups, ``paths`` and groups left unchosen are left out."""
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {group: str(option) for group, option in choices.items()
+            if option is not None and not group.startswith("hydra/") and group != "paths"}
+
+
+def write_hparams(writer: SummaryWriter, config: dict[str, Any], metrics: dict[str, float],
+                  choices: dict[str, str] | None = None) -> None:
     """Record hyperparameters and final metrics in the run's own event file, so
-    ``tensorboard --logdir outputs`` lines up runs side by side in the HParams tab."""
+    ``tensorboard --logdir outputs`` lines up runs side by side in the HParams tab.
+    ``choices`` (group -> option, :func:`group_choices`) join them under the group's name
+    (``model`` = ``fc256_gelu`` beside ``model.name`` = ``fc``)."""
     metric_dict = {f"hparam/{k}": float(v) for k, v in metrics.items()}
-    experiment, start, end = hparams_summary(flatten_config(config), metric_dict)
+    experiment, start, end = hparams_summary({**flatten_config(config), **(choices or {})}, metric_dict)
     writer.file_writer.add_summary(experiment)
     writer.file_writer.add_summary(start)
     writer.file_writer.add_summary(end)
