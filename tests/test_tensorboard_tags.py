@@ -1,9 +1,11 @@
 """What aeexp writes to TensorBoard, read back through TensorBoard's own event reader:
-per-step scalars (``trainer.log_every_n_steps``) and the HParams entry (config-group choices)."""
+per-step scalars (``trainer.log_every_n_steps``), the HParams entry (config-group choices),
+and README.md's table of every tag (a run's and an evaluation's tags are all in it)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import hydra
@@ -14,9 +16,12 @@ from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from omegaconf import OmegaConf
+
 from aeexp.config import ConfigError, validate
+from aeexp.evaluation import check_settings, evaluate_run
 from aeexp.training.run import run_training
-from conftest import CONF_DIR, SMALL_RUN, small_run
+from conftest import CONF_DIR, REPO, SMALL_RUN, small_run
 
 STEPS_PER_EPOCH = 8  # small_run: 512 training images in batches of 64
 
@@ -34,11 +39,6 @@ def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
 
 def step_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     return {tag: values for tag, values in scalars(run_dir).items() if tag.startswith("step/")}
-
-
-def test_per_step_scalars_are_off_by_default(tmp_path):
-    run_training(small_run("trainer.epochs=1"), tmp_path)
-    assert step_scalars(tmp_path) == {}
 
 
 def test_per_step_scalars_every_n_steps_keyed_by_global_step(tmp_path):
@@ -97,9 +97,20 @@ def train_as_hydra_would(run_dir: Path, *overrides: str) -> None:
         GlobalHydra.instance().clear()
 
 
-def test_hparams_carry_the_config_group_choices(tmp_path):
-    train_as_hydra_would(tmp_path, "trainer.epochs=1", "sparsity=l1", "noise=gaussian", "scheduler=cosine")
-    found = hparams(tmp_path)
+@pytest.fixture(scope="module")
+def hydra_run(tmp_path_factory) -> Path:
+    """A run that writes nearly every tag: per-step scalars, noise, a penalty, every picture
+    (2-D codes: the scatter too), evaluated afterwards."""
+    run_dir = tmp_path_factory.mktemp("tags") / "run"
+    train_as_hydra_would(run_dir, "trainer.epochs=1", "sparsity=l1", "noise=gaussian", "scheduler=cosine",
+                         "model.latent_dim=2", "trainer.image_every=1", "trainer.log_every_n_steps=3")
+    fast = ("probe_max_iter=30", "labels_per_class=[5]", "head_steps=20", "progress=false", "noise_levels=[0.2]")
+    evaluate_run(run_dir, check_settings(OmegaConf.from_dotlist(list(fast))), "cpu")
+    return run_dir
+
+
+def test_hparams_carry_the_config_group_choices(hydra_run):
+    found = hparams(hydra_run)
     assert {k: found.get(k) for k in ("model", "sparsity", "noise", "dataset", "optimizer", "scheduler")} == {
         "model": "fc", "sparsity": "l1", "noise": "gaussian", "dataset": "synthetic", "optimizer": "adam",
         "scheduler": "cosine"}
@@ -108,7 +119,48 @@ def test_hparams_carry_the_config_group_choices(tmp_path):
     assert "experiment" not in found and "debug" not in found  # groups left unchosen
 
 
-def test_hparams_without_hydra_have_the_config_only(tmp_path):
+def test_without_hydra_hparams_have_the_config_only_and_no_per_step_scalars_by_default(tmp_path):
     run_training(small_run("trainer.epochs=1"), tmp_path)
     found = hparams(tmp_path)
     assert found["model.name"] == "fc" and "model" not in found
+    assert step_scalars(tmp_path) == {}
+
+
+# ------------------------------------------------------------------------- README's table
+def readme_tag_patterns() -> list[re.Pattern]:
+    """The tags in the first column of README.md's TensorBoard table; ``<name>`` stands for
+    one path component (``hparam/<metric>``)."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## TensorBoard\n"):]
+    section = section[:section.index("\n## ", 1)]
+    patterns = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            for tag in re.findall(r"`([^`]+)`", line.split(" | ")[0]):
+                patterns.append(re.compile(re.sub(r"<[^>]+>", "[^/]+", re.escape(tag).replace(r"\<", "<")
+                                                  .replace(r"\>", ">")) + r"\Z"))
+    return patterns
+
+
+def every_tag(run_dir: Path) -> set[str]:
+    """Every tag of every event file under ``run_dir`` (training's and evaluate.py's), HParams plugin data included."""
+    tags = set()
+    for path in run_dir.rglob("events.out.tfevents.*"):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        tags.update(t for kind in events.Tags().values() if isinstance(kind, list) for t in kind)
+        try:
+            tags.update(events.PluginTagToContent(hparams_metadata.PLUGIN_NAME))
+        except KeyError:  # no HParams session in this file (evaluate.py's)
+            pass
+    return tags
+
+
+def test_readme_documents_every_tag_a_run_and_its_evaluation_write(hydra_run):
+    patterns = readme_tag_patterns()
+    tags = every_tag(hydra_run)
+    assert {"step/train_loss", "step/train_penalty", "perf/epoch_seconds", "hparam/best_score", "val/denoise_mse",
+            "latent_scatter", "eval/test_mse", "eval/latent_scatter", "_hparams_/session_start_info"} <= tags
+    undocumented = sorted(t for t in tags if not any(p.match(t) for p in patterns))
+    assert not undocumented, f"tags missing from README.md's TensorBoard table: {undocumented}"
+    assert not any(p.match("no/such_tag") for p in patterns)
