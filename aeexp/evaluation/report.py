@@ -82,7 +82,7 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
         "selected_on": f"validation ({data.val_note}): best.pt is the epoch with the lowest {monitor}",
         "monitor": monitor, "val_split": data.val_note, "test_split": data.test_note,
         "val_images": len(data.val_images), "test_images": len(data.test_images),
-        "train_images": len(data.train_images),
+        "train_images": len(data.train_images), "parameters": sum(p.numel() for p in model.parameters()),
         **({} if data.is_image else {"kind": data.kind}),
     }
     val_recon, _ = timer("val_reconstruction", lambda: reconstruction_metrics(

@@ -3,14 +3,23 @@
 Each Hydra job of a sweep records its command-line overrides in ``.hydra/overrides.yaml``;
 the overrides whose values differ between runs are what the sweep varied, so they become
 the table's leading columns (shared ones, like ``dataset=fashion_mnist``, would only repeat).
-Rows are sorted by ``val_mse`` (the validation split, which also selected each run's
-``best.pt``): ordering by a test figure would make the table itself a selection on test. A run that cannot be evaluated (a diverged run without
-``best.pt``, say) keeps its row, last, with the reason.
+Then the config-group choices that differ between runs (``model=fc``, from the job's
+``.hydra/hydra.yaml`` runtime choices, else from the ``name`` keys of its config; the
+choices every run shares are written once below ``comparison.md``'s table), and what
+training recorded: ``code_size``, ``parameters``, ``epochs`` trained, ``best_epoch``,
+``train_seconds`` (the sum of the TensorBoard ``perf/epoch_seconds``), the score that
+selected ``best.pt`` (``selection_score``, on validation, by ``selected_by``), then the
+validation and test figures. Floats are rounded to 4 significant digits in the printed
+table and in both files; counts stay whole. Rows are sorted by the selection score when every
+run was selected by the same monitor, else by ``val_mse`` (both validation; ordering by a test
+figure would make the table itself a selection on test). A run that cannot be evaluated (a
+diverged run without ``best.pt``, say) keeps its row, last, with the reason.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 from pathlib import Path
@@ -42,39 +51,132 @@ def varying_keys(overrides: list[dict[str, str]]) -> list[str]:
     return [k for k in keys if len({o.get(k, "") for o in overrides}) > 1]
 
 
+TRAINING_COLUMNS = ("code_size", "parameters", "epochs", "best_epoch", "train_seconds", "selected_by",
+                    "selection_score")
+SIGNIFICANT_DIGITS = 4
+
+
+def group_choices(run_dir: Path) -> dict[str, str]:
+    """The run's config-group choices (``{"model": "fc", ...}``): Hydra's runtime choices in
+    ``.hydra/hydra.yaml`` (its own ``hydra/*`` groups left out), else the ``name`` key of
+    each top-level node of ``.hydra/config.yaml``; empty when neither is readable."""
+    hydra_yaml, config_yaml = run_dir / ".hydra" / "hydra.yaml", run_dir / ".hydra" / "config.yaml"
+    try:
+        if hydra_yaml.is_file():
+            choices = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices")
+            if choices is not None:
+                return {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra/")}
+        if config_yaml.is_file():
+            config = OmegaConf.load(config_yaml)
+            return {str(k): str(v["name"]) for k, v in config.items()
+                    if OmegaConf.is_dict(v) and isinstance(v.get("name"), (str, int))}
+    except Exception as err:  # a damaged file costs the columns, not the table
+        log.warning("%s: no config-group choices (%s)", run_dir, err)
+    return {}
+
+
+def training_record(run_dir: Path) -> dict[str, Any]:
+    """What training wrote in ``metrics.json`` (empty if unreadable)."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def train_seconds(run_dir: Path) -> float | None:
+    """The sum of the run's ``perf/epoch_seconds`` (one value per epoch; a resumed epoch
+    counts once, its last value), or None without TensorBoard events."""
+    try:
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    except ImportError:
+        return None
+    per_epoch: dict[int, float] = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        try:
+            for event in EventFileLoader(str(path)).Load():
+                for value in event.summary.value:
+                    if value.tag == "perf/epoch_seconds":
+                        number = value.simple_value if value.HasField("simple_value") else None
+                        if number is None and value.HasField("tensor"):
+                            from tensorboard.util import tensor_util
+                            number = float(tensor_util.make_ndarray(value.tensor))
+                        if number is not None:
+                            per_epoch[event.step] = float(number)
+        except Exception as err:  # a truncated events file: what was read so far
+            log.warning("%s: %s", path, err)
+    return sum(per_epoch.values()) if per_epoch else None
+
+
 def compare_runs(root: Path, evaluate: Callable[[Path], dict[str, Any]],
                  errors: tuple[type[BaseException], ...]) -> tuple[list[str], list[dict[str, Any]]]:
     """Evaluate every run under ``root``; return the table's columns and rows (sorted)."""
     runs = find_runs(root)
     overrides = [read_overrides(run) for run in runs]
     varied = varying_keys(overrides)
+    choices = [group_choices(run) for run in runs]
+    varied_groups = [g for g in varying_keys(choices) if g not in varied]
     rows, ssl_columns = [], []
-    for run, o in zip(runs, overrides):
-        row: dict[str, Any] = {"run": str(run.relative_to(root)), **{k: o.get(k, "") for k in varied}}
+    for run, o, c in zip(runs, overrides, choices):
+        row: dict[str, Any] = {"run": str(run.relative_to(root)), **{k: o.get(k, "") for k in varied},
+                               **{g: c.get(g, "") for g in varied_groups}}
+        record = training_record(run)
+        row.update({"epochs": record.get("epoch"), "best_epoch": record.get("best_epoch"),
+                    "train_seconds": train_seconds(run), "selected_by": record.get("monitor"),
+                    "selection_score": record.get("best_score")})
         try:
             metrics = evaluate(run)
         except errors as err:
             log.error("%s: %s", run, err)
             row["error"] = str(err)
         else:
+            row.update({"code_size": metrics.get("code_size"), "parameters": metrics.get("parameters")})
             row.update({k: metrics.get(k) for k in KEY_METRICS})  # vectors have no PSNR, unlabelled ones no probes
             for key in metrics:
                 if (key.startswith("ssl") or key in GROUND_TRUTH_METRICS) and key not in ssl_columns:
                     ssl_columns.append(key)
             row.update({k: metrics[k] for k in ssl_columns if k in metrics})
         rows.append(row)
-    rows.sort(key=lambda r: (r.get("val_mse") is None, r.get("val_mse") or 0.0))
-    columns = ["run", *varied, *KEY_METRICS, *ssl_columns]
+    rows.sort(key=sort_key(rows))
+    columns = ["run", *varied, *varied_groups, *TRAINING_COLUMNS, *KEY_METRICS, *ssl_columns]
     if any("error" in r for r in rows):
         columns.append("error")
     return columns, rows
+
+
+def sort_key(rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], tuple]:
+    """By the selection score if every evaluated run was selected by the same monitor, else by
+    ``val_mse`` (validation either way); runs without the figure, and failed runs, last."""
+    evaluated = [r for r in rows if "error" not in r]
+    monitors = {r.get("selected_by") for r in evaluated}
+    by = "selection_score" if len(monitors) == 1 and None not in monitors else "val_mse"
+
+    def key(row: dict[str, Any]) -> tuple:
+        value = row.get(by)
+        missing = "error" in row or not isinstance(value, (int, float)) or not math.isfinite(value)
+        return (missing, value if not missing else 0.0)
+    return key
+
+
+def shared_choices(root: Path, columns: list[str]) -> dict[str, str]:
+    """The config-group choices every run under ``root`` shares (not already a column)."""
+    choices = [group_choices(run) for run in find_runs(root)]
+    if not choices:
+        return {}
+    return {g: v for g, v in choices[0].items() if g not in columns and all(c.get(g) == v for c in choices)}
+
+
+def rounded(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
+    """A float rounded to ``digits`` significant digits (ints, strings, non-finite as they are)."""
+    if isinstance(value, float) and math.isfinite(value) and value != 0.0:
+        return float(f"{value:.{digits}g}")
+    return value
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
+        return f"{value:.{SIGNIFICANT_DIGITS}g}" if math.isfinite(value) else str(value)
     return str(value).replace("|", "\\|")
 
 
@@ -85,11 +187,14 @@ def markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
 
 
 def write_comparison(root: Path, columns: list[str], rows: list[dict[str, Any]]) -> tuple[Path, Path]:
-    """``comparison.csv`` (full precision) and ``comparison.md`` in ``root``."""
+    """``comparison.csv`` and ``comparison.md`` in ``root`` (floats to 4 significant digits)."""
     csv_path, md_path = root / "comparison.csv", root / "comparison.md"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
-    md_path.write_text(f"# Runs under {root}, sorted by val_mse (validation; test figures are for reading, not choosing)\n\n" + markdown_table(columns, rows))
+        writer.writerows({k: rounded(v) for k, v in r.items()} for r in rows)
+    shared = shared_choices(root, columns)
+    note = f"\nConfig groups every run shares: {' '.join(f'{g}={v}' for g, v in shared.items())}\n" if shared else ""
+    md_path.write_text(f"# Runs under {root}, sorted by their validation selection score (test figures are for "
+                       f"reading, not choosing)\n\n" + markdown_table(columns, rows) + note)
     return csv_path, md_path
