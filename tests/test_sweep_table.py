@@ -140,3 +140,61 @@ def test_a_real_run_gives_the_table_its_parameters_code_size_and_training_time(t
     assert row["code_size"] == 6 and (row["epochs"], row["best_epoch"]) == (1, 1)
     assert row["train_seconds"] > 0 and row["selected_by"] == "val_mse"
     assert row["selection_score"] == pytest.approx(row["val_mse"], rel=1e-3)
+
+
+def test_seeds_are_aggregated_into_mean_std_rows(tmp_path):
+    """2 latent sizes x 3 seeds (and one run of size 8 that failed): each size gets a
+    ``mean ± std (n=…)`` row after the six individual rows, figures checked by hand."""
+    val = {(4, 0): 0.02, (4, 1): 0.03, (4, 2): 0.04, (8, 0): 0.01, (8, 1): 0.012, (8, 2): 0.5}
+    test = {key: v / 2 for key, v in val.items()}
+    jobs = {}
+    for i, ((dim, seed), v) in enumerate(val.items()):
+        fake_run(tmp_path, str(i), ["dataset=synthetic", f"model.latent_dim={dim}", f"seed={seed}"],
+                 {"dataset": "synthetic", "model": "fc"},
+                 {"epoch": 3, "best_epoch": 1 + seed, "best_score": v}, [1.0, 2.0 + seed])
+        jobs[str(i)] = (v, test[dim, seed])
+    fake_run(tmp_path, "6", ["dataset=synthetic", "model.latent_dim=8", "seed=3"],
+             {"dataset": "synthetic", "model": "fc"}, {"epoch": 1}, [])
+
+    def evaluate(run: Path) -> dict:
+        if run.name == "6":
+            raise RuntimeError("diverged")
+        return fake_evaluate(jobs)(run)
+
+    columns, rows = compare_runs(tmp_path, evaluate, (RuntimeError,))
+    assert [r["run"] for r in rows[:7]] == ["3", "4", "0", "1", "2", "5", "6"]  # individual rows, failed last
+    aggregates = rows[7:]
+    assert [a["run"] for a in aggregates] == ["mean ± std (n=3)", "mean ± std (n=3)"]
+    # by the mean validation score: size 4 (mean 0.03) before size 8 (mean 0.174)
+    four, eight = aggregates
+    assert (four["model.latent_dim"], four["seed"]) == ("4", "0,1,2")
+    assert (eight["model.latent_dim"], eight["seed"]) == ("8", "0,1,2")  # the failed seed 3 is not in it
+
+    def hand(values):  # mean and sample standard deviation (n - 1)
+        mean = sum(values) / len(values)
+        return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+    for agg, dim in ((four, 4), (eight, 8)):
+        for column, figures in (("val_mse", [val[dim, s] for s in range(3)]),
+                                ("test_mse", [test[dim, s] for s in range(3)]),
+                                ("selection_score", [val[dim, s] for s in range(3)]),
+                                ("best_epoch", [1, 2, 3]), ("train_seconds", [3.0, 4.0, 5.0])):
+            mean, std = hand(figures)
+            assert (agg[column].mean, agg[column].std, agg[column].n) == (
+                pytest.approx(mean), pytest.approx(std), 3), column
+        assert agg["selected_by"] == "val_mse" and agg["parameters"].std == 0.0
+    assert four["val_mse"].mean == pytest.approx(0.03) and four["val_mse"].std == pytest.approx(0.01)
+
+    table = markdown_table(columns, rows)
+    assert "| mean ± std (n=3) | 4 | 0,1,2 | 4 ± 0 | 6276 ± 0 | 3 ± 0 | 2 ± 1 | 4 ± 1 | val_mse | 0.03 ± 0.01 |" in table
+    assert "| mean ± std (n=3) | 8 | 0,1,2 |" in table and "0.174 ± 0.2823" in table
+    csv_path, _ = write_comparison(tmp_path, columns, rows)
+    with open(csv_path) as handle:
+        records = list(csv.DictReader(handle))
+    assert records[7]["run"] == "mean ± std (n=3)" and records[7]["val_mse"] == "0.03 ± 0.01"
+
+
+def test_no_seed_rows_without_a_seed_sweep(sweep):
+    values = {job: (val, test) for job, (_, _, val, test) in JOBS.items()}
+    _, rows = compare_runs(sweep, fake_evaluate(values), (RuntimeError,))
+    assert len(rows) == 4 and not any(r["run"].startswith("mean") for r in rows)

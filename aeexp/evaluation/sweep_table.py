@@ -14,6 +14,13 @@ table and in both files; counts stay whole. Rows are sorted by the selection sco
 run was selected by the same monitor, else by ``val_mse`` (both validation; ordering by a test
 figure would make the table itself a selection on test). A run that cannot be evaluated (a
 diverged run without ``best.pt``, say) keeps its row, last, with the reason.
+
+Seeds: when ``seed`` is among the varied overrides, evaluated runs that differ only in it (the
+same other varied overrides and group choices) also get one aggregate row per group of two or
+more, after the individual rows (which stay): ``run`` is ``mean ± std (n=<n>)``, the seed
+column lists the seeds, every numeric column is ``mean ± std`` (sample standard deviation,
+n - 1), text columns the runs share are kept; these rows are sorted by the mean of the same
+validation score.
 """
 
 from __future__ import annotations
@@ -138,9 +145,67 @@ def compare_runs(root: Path, evaluate: Callable[[Path], dict[str, Any]],
         rows.append(row)
     rows.sort(key=sort_key(rows))
     columns = ["run", *varied, *varied_groups, *TRAINING_COLUMNS, *KEY_METRICS, *ssl_columns]
+    rows += seed_rows(rows, [k for k in varied if _is_seed(k)], [*varied, *varied_groups], columns)
     if any("error" in r for r in rows):
         columns.append("error")
     return columns, rows
+
+
+class MeanStd:
+    """A seed group's figure: mean, sample standard deviation (n - 1 in the denominator; 0 for
+    one value) and the number of runs it is over; shown ``mean ± std`` at 4 significant digits."""
+
+    def __init__(self, values: list[float]):
+        self.n = len(values)
+        if min(values) == max(values):  # the same figure in every run: exactly it, std 0 (no rounding residue)
+            self.mean, self.std = values[0], 0.0
+        else:
+            self.mean = sum(values) / self.n
+            self.std = math.sqrt(sum((v - self.mean) ** 2 for v in values) / (self.n - 1))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.{SIGNIFICANT_DIGITS}g} ± {self.std:.{SIGNIFICANT_DIGITS}g}"
+
+    __repr__ = __str__
+
+
+def _is_seed(key: str) -> bool:
+    return key.lstrip("+~") == "seed"
+
+
+def seed_rows(rows: list[dict[str, Any]], seed_keys: list[str], identity: list[str],
+              columns: list[str]) -> list[dict[str, Any]]:
+    """One extra row per group of evaluated runs that differ only in ``seed`` (n >= 2): the
+    numeric columns as :class:`MeanStd`, the shared text columns as they are, ``run``
+    ``mean ± std (n=<n>)`` and the seed column the seeds it is over. The individual rows stay;
+    these come after them, sorted by the mean of the same validation score."""
+    if not seed_keys:
+        return []
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if "error" not in row:
+            groups.setdefault(tuple(row.get(k) for k in identity if k not in seed_keys), []).append(row)
+    aggregates = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        aggregate: dict[str, Any] = {"run": f"mean ± std (n={len(members)})"}
+        for column in columns:
+            if column == "run":
+                continue
+            if column in seed_keys:
+                aggregate[column] = ",".join(str(m.get(column, "")) for m in members)
+                continue
+            values = [m.get(column) for m in members]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                aggregate[column] = MeanStd([float(v) for v in values])
+            elif len({str(v) for v in values}) == 1:
+                aggregate[column] = values[0]
+        aggregates.append(aggregate)
+    by = "selection_score" if all(isinstance(a.get("selection_score"), MeanStd) for a in aggregates) and \
+        len({str(a.get("selected_by")) for a in aggregates}) == 1 else "val_mse"
+    aggregates.sort(key=lambda a: (not isinstance(a.get(by), MeanStd), a[by].mean if isinstance(a.get(by), MeanStd) else 0.0))
+    return aggregates
 
 
 def sort_key(rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], tuple]:
