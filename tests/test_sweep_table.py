@@ -116,6 +116,7 @@ def test_mixed_monitors_sort_by_val_mse_and_failures_last(sweep):
     assert rows[-1]["error"] == "no best.pt" and columns[-1] == "error"
 
 
+@pytest.mark.slow  # trains and evaluates a run; the inner loop checks the table on a fake multirun
 def test_a_real_run_gives_the_table_its_parameters_code_size_and_training_time(tmp_path):
     """One tiny trained run (1 epoch) evaluated through evaluate_run: the figures the fake above stands for."""
     import torch
