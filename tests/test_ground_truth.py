@@ -145,6 +145,7 @@ def test_registered_dataset_returns_vectors_with_the_true_dictionary():
     assert torch.equal(kept.ground_truth, splits.ground_truth)
 
 
+@pytest.mark.slow  # trains and evaluates; the inner loop checks MMCS against hand computations
 def test_a_tiny_recovery_run_beats_a_random_dictionary_by_a_wide_margin(tmp_path):
     """sae_topk's recipe on d=32, F=48 (2 active per sample): a few epochs recover most features,
     and the figures reach metrics.json, TensorBoard, evaluate.py's metrics and its table."""

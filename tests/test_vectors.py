@@ -353,6 +353,7 @@ def fast_settings():
     return check_settings(OmegaConf.from_dotlist([o.removeprefix("eval.") for o in FAST_EVAL]))
 
 
+@pytest.mark.slow  # two command lines; the inner loop trains and evaluates vectors in-process (tests above and below)
 def test_train_py_then_evaluate_py_on_a_npy_file(tmp_path):
     """The command lines of the README: train.py on a .npy file with top-k, then evaluate.py."""
     from cli_runner import run_cli
