@@ -1,7 +1,7 @@
 """Seconds per epoch: aeexp's Trainer next to the first seed's DataLoader loop, in one run.
 
-DESIGN.md ("Speed") asks the trainer to stay within a small factor of what the machine's
-matrix product allows, and to show it side by side with the seed's idiom on the same data:
+The trainer should stay within a small factor of what the machine's matrix product allows
+(README, "Speed"), shown side by side with the seed's idiom on the same data:
 a torchvision dataset whose samples are converted one by one, wrapped in a dataset that
 applies an input and a target transform per sample, behind a shuffling DataLoader. This script trains the default fc model (784-64-784, LeakyReLU) on
 Fashion-MNIST both ways: the same composed config, the same initial weights, Adam 1e-3 at
