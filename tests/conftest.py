@@ -8,9 +8,11 @@ test modules live here, never in a test module another one imports.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import os
+import signal
 import shutil
 import struct
 import sys
@@ -252,3 +254,26 @@ PICKLES = {
     "copyfile": lambda site: CopyOnLoad(os.devnull, site["victim"]),
     "os_system": lambda site: SystemOnLoad(f"touch {site['created']}"),
 }
+
+
+@contextlib.contextmanager
+def sigterm_at_step(monkeypatch, step: int):
+    """Within the block, the trainer is told of a SIGTERM just before its ``step``-th training
+    step (counted from 1 over the block), as if one had arrived then; the steps themselves run
+    unchanged. Afterwards the trainer is as it was."""
+    from aeexp.training.trainer import Trainer
+
+    real_step = Trainer.train_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, clean):
+        calls["n"] += 1
+        if calls["n"] == step:
+            self.interrupts.signum = signal.SIGTERM
+        return real_step(self, clean)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(Trainer, "train_step", real_step)

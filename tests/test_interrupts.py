@@ -10,11 +10,10 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, small_run
+from conftest import REPO, sigterm_at_step, small_run
 
 from aeexp.training.interrupts import TrainingInterrupted
 from aeexp.training.run import run_training
-from aeexp.training.trainer import Trainer
 
 RUN = ("trainer.epochs=3", "noise=gaussian", "model.encoder=[{out_features:64,activation:relu,dropout:0.2}]")
 
@@ -26,19 +25,9 @@ def weights(run_dir):
 def test_an_interrupted_epoch_resumes_where_it_stopped_and_ends_with_the_same_weights(tmp_path, monkeypatch):
     run_training(small_run(*RUN), tmp_path / "straight")
 
-    real_step = Trainer.train_step
-    calls = {"n": 0}
-
-    def step_then_signal(self, clean):
-        calls["n"] += 1
-        if calls["n"] == 12:  # inside epoch 2 (8 batches of 64 per epoch)
-            self.interrupts.signum = signal.SIGTERM
-        return real_step(self, clean)
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    with pytest.raises(TrainingInterrupted, match="epoch 2 after step 4"):
+    # step 12: inside epoch 2 (8 batches of 64 per epoch)
+    with sigterm_at_step(monkeypatch, 12), pytest.raises(TrainingInterrupted, match="epoch 2 after step 4"):
         run_training(small_run(*RUN), tmp_path / "stopped")
-    monkeypatch.setattr(Trainer, "train_step", real_step)
 
     saved = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["partial_epoch"]["batches_done"] == 4

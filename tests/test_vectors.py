@@ -310,27 +310,16 @@ def test_training_on_vectors_reports_vector_figures_and_draws_only_codes(tmp_pat
 
 
 def test_an_interrupted_streamed_epoch_resumes_on_the_same_samples_and_weights(tmp_path, monkeypatch):
-    import signal
+    from conftest import sigterm_at_step
 
     from aeexp.training.interrupts import TrainingInterrupted
-    from aeexp.training.trainer import Trainer
 
     folder = save_shards(vectors(), tmp_path / "shards", ".npy", [60, 60, 80])
     run = ("dataset.stream=true", "dataset.shuffle_buffer=40", "trainer.epochs=3")
     run_training(vector_run(folder, *run), tmp_path / "straight")
-    real_step = Trainer.train_step
-    calls = {"n": 0}
-
-    def step_then_signal(self, clean):
-        calls["n"] += 1
-        if calls["n"] == 7:  # inside epoch 2 (5 batches of 32 per epoch)
-            self.interrupts.signum = signal.SIGTERM
-        return real_step(self, clean)
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    with pytest.raises(TrainingInterrupted, match="epoch 2 after step 2"):
+    # step 7: inside epoch 2 (5 batches of 32 per epoch)
+    with sigterm_at_step(monkeypatch, 7), pytest.raises(TrainingInterrupted, match="epoch 2 after step 2"):
         run_training(vector_run(folder, *run), tmp_path / "stopped")
-    monkeypatch.setattr(Trainer, "train_step", real_step)
     metrics = run_training(vector_run(folder, *run, "trainer.resume=true"), tmp_path / "stopped")
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     assert metrics["val_mse"] == straight["val_mse"] and metrics["train_loss"] == straight["train_loss"]
