@@ -1,0 +1,234 @@
+"""Training N members at once: one stacked forward and backward per batch, then each
+member's own optimizer step, and each member's own end of epoch (validation, scheduler,
+checkpoints, metrics.json, TensorBoard) exactly as its lone run would do it.
+
+Members move in lock-step, one batch of each per step (each member's batches come from
+its own shuffle generator, so a member sees the batches of its lone run). A member that
+diverges or whose scheduler ends it stops alone: its weights stay as they are, it is left
+out of further steps, and its run records why, as a lone run's would; the others go on.
+
+The per-batch step is :meth:`Trainer.train_step` for N members; the end of an epoch
+follows :meth:`Trainer._run_epoch` after its ``train_epoch`` (the trainer offers no hook
+between the two, so that sequence of calls is repeated here, calling the same pieces).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import ExitStack
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aeexp.data.images import epoch_order, index_batches
+from aeexp.pictures import training_pictures
+from aeexp.stacked.members import Member
+from aeexp.stacked.weights import StackedWeights
+from aeexp.training import model_hooks
+from aeexp.training.interrupts import InterruptWatch, TrainingInterrupted
+from aeexp.training.optim import should_stop, step_scheduler
+from aeexp.training.run_log import EpochRecord
+from aeexp.training.validation import validation_codes
+
+log = logging.getLogger(__name__)
+
+
+class StackedTraining:
+    """Fit every member; each member's ``outcome`` ends as its final metrics or the
+    exception that ended it (a lone run's ``fit`` would have raised it)."""
+
+    def __init__(self, members: list[Member], stop_requested=None):
+        self.members = list(members)
+        self.interrupts = InterruptWatch(poll=stop_requested)
+        self.weights: StackedWeights | None = None
+        self.stacked: list[Member] = []  # the members self.weights holds, in its order
+
+    # ------------------------------------------------------------------ run
+    def fit(self) -> list[Member]:
+        with ExitStack() as stack:
+            stack.enter_context(self.interrupts)
+            for member in self.members:
+                stack.enter_context(member.trainer.run_log)
+                with member.scope():
+                    self._guard(member, lambda m: model_hooks.initialize_from_data(
+                        m.trainer.model, m.trainer.data.train_images, fresh=m.trainer.global_step == 0))
+                if not member.done and member.trainer._stage_done():
+                    self._finish(member)
+            while True:
+                running = [m for m in self.members if not m.done]
+                if not running:
+                    break
+                # Members in the same place (epoch, batch) train together; after a resume from
+                # different places the ones behind catch up first.
+                place = min(self._place(m) for m in running)
+                self._run_epoch([m for m in running if self._place(m) == place], place[0] + 1)
+        return self.members
+
+    @staticmethod
+    def _place(member: Member) -> tuple[int, int]:
+        partial = member.trainer.partial_epoch
+        started = partial["batches_done"] if partial is not None and partial["epoch"] == member.trainer.epoch + 1 else 0
+        return member.trainer.epoch, started
+
+    def _guard(self, member: Member, action) -> None:
+        """Run ``action(member)``; an exception ends that member alone, recorded as a lone
+        run's ``fit`` records it (``metrics.json`` failed, with the error)."""
+        try:
+            action(member)
+        except TrainingInterrupted as err:
+            member.outcome = err
+        except Exception as err:  # noqa: BLE001  (the member's run fails, the others go on)
+            member.outcome = err
+            member.trainer.metrics = member.trainer.run_log.failed(err)
+            log.error("%s: %s", member.trainer.run_dir.name, err)
+
+    def _restack(self, members: list[Member]) -> StackedWeights:
+        if [id(m) for m in members] != [id(m) for m in self.stacked]:
+            self.weights = StackedWeights([m.trainer.model for m in members])
+            self.stacked = list(members)
+        return self.weights
+
+    # ---------------------------------------------------------------- epoch
+    def _run_epoch(self, members: list[Member], epoch: int) -> None:
+        start = time.perf_counter()
+        train = self._train_epoch(members, epoch)
+        train_seconds = time.perf_counter() - start
+        for member, figures in zip(members, train):
+            if not member.done:
+                with member.scope():
+                    self._guard(member, lambda m: self._end_epoch(m, epoch, figures, start, train_seconds))
+                if not member.done and member.trainer._stage_done():
+                    self._finish(member)
+
+    def _end_epoch(self, member: Member, epoch: int, train: dict[str, float], start: float,
+                   train_seconds: float) -> None:
+        """Trainer._run_epoch after its train_epoch: validate, scheduler, best, save, log."""
+        t = member.trainer
+        val = t.validate()
+        score = val[t.monitor]
+        step_scheduler(t.scheduler, score)
+        t.epoch, t.stage_epoch = epoch, t.stage_epoch + 1
+        improved = score < t.best_score
+        if improved:
+            t.best_score, t.best_val_mse, t.best_epoch = score, val["val_mse"], epoch
+        lr = t.optimizer.param_groups[0]["lr"]
+        if should_stop(t.scheduler):
+            t.stage_stopped = True
+        # epoch_seconds: the stacked pass over every member's epoch plus this member's own end of epoch
+        record = EpochRecord.of(t, train, val, lr, time.perf_counter() - start, train_seconds)
+        t.metrics = record.as_dict()
+        t.checkpoints.save(t.state_dict(), best=improved, on_best_saved=lambda: t.run_log.best_saved(t.metrics))
+        t.run_log.write(t.metrics)
+        t.run_log.epoch(record, val["firing_rate"], improved)
+        every = t.settings.image_every
+        if every and (epoch % every == 0 or epoch == 1 or t._stage_done()):
+            codes = lambda: validation_codes(t.model, t.data.val_images, t.data.val_labels,  # noqa: E731
+                                             t.settings.val_batch_size)
+            t.run_log.pictures(training_pictures(t.model, t.fixed_batch, t.code_batch, t.noise, codes), epoch)
+
+    def _finish(self, member: Member) -> None:
+        def finish(m: Member) -> None:
+            m.trainer.metrics["status"] = "completed"
+            m.trainer.run_log.finish(m.trainer.cfg, m.trainer.metrics)
+            m.outcome = m.trainer.metrics
+        with member.scope(hydra=True):
+            self._guard(member, finish)
+
+    # ---------------------------------------------------------------- steps
+    def _train_epoch(self, members: list[Member], epoch: int) -> list[dict[str, float] | None]:
+        """One pass of every member over its training set, in its own fresh order (or the
+        rest of an interrupted pass); returns each member's mean loss terms (None for a
+        member that stopped inside the epoch)."""
+        trainers = [m.trainer for m in members]
+        weights = self._restack(members)
+        device = trainers[0].device
+        begin = self._place(members[0])[1]
+        sums = torch.zeros(len(members), 4, dtype=torch.float64, device=device)
+        shuffle_states, batches = [], []
+        for i, t in enumerate(trainers):
+            t.model.train()
+            if begin:
+                t.shuffle_generator.set_state(t.partial_epoch["shuffle"].cpu())
+                sums[i] = t.partial_epoch["sums"].to(device)
+            t.partial_epoch = None
+            shuffle_states.append(t.shuffle_generator.get_state())
+            order = epoch_order(t.data.train_images, t.shuffle_generator, device)
+            batches.append(index_batches(t.data.train_images, t.settings.batch_size, order, start=begin))
+        noisy = [t.noise.active for t in trainers]
+        step = begin
+        for step, cleans in enumerate(zip(*batches), start=begin + 1):
+            live = [i for i, m in enumerate(members) if not m.done]
+            if not live:
+                break
+            clean = torch.stack(cleans)
+            terms = self._step(members, weights, clean, live, noisy)
+            sums += terms.to(torch.float64) * clean.shape[1]
+            look = device.type == "cpu" or step % 10 == 0  # as Trainer.train_epoch: a GPU syncs every few steps
+            losses = terms[:, 0].tolist() if look or any(t.reference_loss is None for t in trainers) else None
+            for i in live:
+                t = trainers[i]
+                t.run_log.step(t.global_step, terms[i], t.optimizer)
+                if losses is not None and (look or t.reference_loss is None):
+                    self._guard(members[i], lambda m: m.trainer._check_divergence(losses[i], epoch, step))
+            if self.interrupts.requested:
+                self._stop_inside_epoch(members, epoch, step, shuffle_states, sums)
+        results: list[dict[str, float] | None] = []
+        for i, member in enumerate(members):
+            loss, mse, penalty, aux = (sums[i] / len(trainers[i].data.train_images)).tolist()
+            if not member.done:
+                self._guard(member, lambda m: m.trainer._check_divergence(loss, epoch, step))
+            results.append(None if member.done else {"loss": loss, "mse": mse, "penalty": penalty, "aux": aux})
+        return results
+
+    def _step(self, members: list[Member], weights: StackedWeights, clean: torch.Tensor, live: list[int],
+              noisy: list[bool]) -> torch.Tensor:
+        """Trainer.train_step for every member at once; returns (members, 4): each member's
+        detached (loss, mse, penalty, aux)."""
+        if any(noisy):  # each member's noise from its own random stream, as alone
+            inputs = []
+            for member, batch, active in zip(members, clean, noisy):
+                if active:
+                    with member.scope():
+                        batch = member.trainer.noise(batch)
+                inputs.append(batch)
+            inputs = torch.stack(inputs)
+        else:
+            inputs = clean
+        x_hat, z, code = weights.forward_parts(inputs)
+        rows = []
+        for i, member in enumerate(members):
+            model = member.trainer.model
+            mse = F.mse_loss(x_hat[i].float(), clean[i])
+            penalty = model.bottleneck.penalty(z[i].float())
+            aux = model.bottleneck.auxiliary(code[i], clean[i] - x_hat[i].float(), model.decode)
+            rows.append(torch.stack([mse + penalty + aux, mse, penalty, aux]))
+        terms = torch.stack(rows)
+        weights.zero_grad()
+        terms[live, 0].sum().backward()  # member i's gradient is its own loss's: the others do not depend on its slice
+        weights.hand_out_grads(live)
+        for i in live:
+            t = members[i].trainer
+            model_hooks.before_optimizer_step(t.model)
+            if t.settings.grad_clip is not None:
+                nn.utils.clip_grad_norm_(t.model.parameters(), t.settings.grad_clip)
+            t.optimizer.step()
+            model_hooks.after_optimizer_step(t.model)
+            t.global_step += 1
+        return terms.detach()
+
+    def _stop_inside_epoch(self, members: list[Member], epoch: int, step: int, shuffle_states: list[torch.Tensor],
+                           sums: torch.Tensor) -> None:
+        """A signal: every running member saves its place in last.pt and stops, as alone."""
+        running = [i for i, member in enumerate(members) if not member.done]
+        for i in running:
+            member = members[i]
+            if i != running[-1]:  # one member passes the signal on (InterruptWatch.pass_on), as one lone run would
+                member.trainer.interrupts = InterruptWatch()
+                member.trainer.interrupts.signum, member.trainer.interrupts.external = self.interrupts.signum, True
+            else:
+                member.trainer.interrupts = self.interrupts
+            with member.scope():
+                self._guard(member, lambda m: m.trainer._stop_inside_epoch(epoch, step, shuffle_states[i],
+                                                                           sums[i].clone()))

@@ -1,0 +1,73 @@
+"""N members' weights as one stacked model: (N, ...) tensors that share storage with each
+member's own parameters, and one vmapped forward pass over them.
+
+Each member keeps its own ``nn.Module`` (built by the model factory, checkpointed and
+evaluated as a lone run's) and its own optimizer over those parameters. Only the storage
+is shared: member ``i``'s parameter *is* slice ``i`` of the stacked tensor, so an optimizer
+step on the member changes what the stacked forward sees, and the stacked backward's
+gradient slice ``i`` *is* the member's ``.grad``. Every member's update is thus the one its
+own optimizer computes (Adam, AdamW, SGD with their per-member learning rates and states,
+exactly as alone); only the forward and backward matmuls are batched.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+
+class _Parts(nn.Module):
+    """``forward`` = the model's ``forward_parts`` (what functional_call can call)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.forward_parts(x)
+
+
+class StackedWeights:
+    """The parameters and buffers of ``models`` (same architecture) stacked along a new first
+    dimension; each member's tensors become views into the stack."""
+
+    def __init__(self, models: list[nn.Module]):
+        self.models = list(models)
+        self.template = _Parts(copy.deepcopy(models[0])).train()  # the structure functional_call runs
+        self.params = self._stack([dict(m.named_parameters()) for m in self.models], grad=True)
+        self.buffers = self._stack([dict(m.named_buffers()) for m in self.models], grad=False)
+        self._forward = vmap(self._one, in_dims=(0, 0, 0))
+
+    @staticmethod
+    def _stack(per_member: list[dict[str, torch.Tensor]], grad: bool) -> dict[str, torch.Tensor]:
+        stacked = {}
+        for name in per_member[0]:
+            tensors = [member[name] for member in per_member]
+            big = torch.stack([t.detach() for t in tensors])
+            for i, tensor in enumerate(tensors):
+                tensor.data = big[i]  # the member's tensor now lives in the stack (same object, same optimizer key)
+            stacked[f"model.{name}"] = big.requires_grad_(grad)
+        return stacked
+
+    def _one(self, params, buffers, x):
+        return functional_call(self.template, (params, buffers), (x,))
+
+    def forward_parts(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``inputs`` (N, B, ...) -> ``(x_hat, z, code)``, each (N, B, ...): member i's forward
+        on its own batch ``inputs[i]``."""
+        return self._forward(self.params, self.buffers, inputs)
+
+    def zero_grad(self) -> None:
+        for big in self.params.values():
+            big.grad = None
+
+    def hand_out_grads(self, members: list[int]) -> None:
+        """Each listed member's ``.grad``: its slice of the stacked gradient (a view, so what
+        the member's hooks and gradient clipping do in place lands in the member's slice)."""
+        per_member = [dict(m.named_parameters()) for m in self.models]
+        for name, big in self.params.items():
+            for i in members:
+                per_member[i][name.removeprefix("model.")].grad = None if big.grad is None else big.grad[i]
