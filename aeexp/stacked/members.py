@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp.config import validate
+from aeexp.data.vectors import vector_run_notes
 from aeexp.device import resolve_device
 from aeexp.threads import configure_cpu_threads
 from aeexp.training.checkpointing import resume_trainer
@@ -31,7 +32,7 @@ from aeexp.training.run_dir import check_run_dir
 from aeexp.training.stages import plan_stages, stage_model
 from aeexp.training.trainer import Trainer
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aeexp.training.run")  # the lines a lone run's log has, under the same name
 
 
 def capture_rng() -> dict[str, Any]:
@@ -128,8 +129,11 @@ def prepare_member(cfg: DictConfig, run_dir: Path | str, data: DataCache, on_sta
     seed_everything(cfg.seed)
     splits = data.load(cfg, device)
     model, _ = stage_model(cfg, splits.shape, plan_stages(cfg)[0])
-    log.info("data %s: %d train / %d val %s of shape %s; device %s (stacked)", splits.name or cfg.dataset.get("name"),
-             len(splits.train_images), len(splits.val_images), splits.kind, splits.shape, device)
+    log.info("data %s: %d train / %d val %s of shape %s (validation: %s; the test split is left to "
+             "evaluate.py); device %s (stacked)", splits.name or cfg.dataset.get("name"), len(splits.train_images),
+             len(splits.val_images), splits.kind, splits.shape, splits.val_note, device)
+    if not splits.is_image:
+        vector_run_notes(cfg)
     trainer = Trainer(cfg, model, splits, run_dir, device, stop_requested)
     if cfg.trainer.resume:
         resume_trainer(trainer, checkpoint)
