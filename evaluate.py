@@ -1,8 +1,11 @@
 """Evaluate trained runs: ``python evaluate.py run_dir=<run dir or multirun dir>``.
 
 A thin Hydra entry point (config ``conf/eval.yaml``): a run directory gets
-``<run>/eval/metrics.json``, figures and a summary table; a multirun directory gets every
-run evaluated and ``comparison.csv`` / ``comparison.md`` beside its runs. See README.md.
+``<run>/eval/metrics.json``, figures, a summary table and its figures as columns of the run's
+row in TensorBoard's HParams tab (:mod:`aeexp.hparams`); a multirun directory gets every run
+evaluated, ``comparison.csv`` / ``comparison.md`` beside its runs and, with ``eval.figures``,
+the sweep's pictures (``comparison_*.png`` and ``comparison/`` for TensorBoard;
+:mod:`aeexp.evaluation.sweep_pictures`). See README.md.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from aeexp.evaluation import (
     RunDirError, check_settings, compare_runs, evaluate_run, find_runs, is_run_dir, markdown_table,
     summary_table, write_comparison,
 )
+from aeexp.evaluation.sweep_pictures import write_sweep_pictures
 from aeexp.device import resolve_device
+from aeexp.hparams import write_evaluation_hparams
 
 log = logging.getLogger("evaluate")
 ERRORS = USER_ERRORS + (RunDirError,)
@@ -46,12 +51,18 @@ def evaluate(cfg: DictConfig) -> int:
     root = Path(str(cfg.run_dir))
 
     def one(run_dir: Path) -> dict:
-        return evaluate_run(run_dir, settings, device, cfg.dataset_root)
+        metrics = evaluate_run(run_dir, settings, device, cfg.dataset_root)
+        write_evaluation_hparams(Path(metrics["run_dir"]), metrics)
+        return metrics
 
     if root.is_dir() and not is_run_dir(root) and find_runs(root):
         columns, rows = compare_runs(root, one, ERRORS)
         csv_path, md_path = write_comparison(root, columns, rows)
         print(markdown_table(columns, rows))
+        if settings.figures:
+            pictures = write_sweep_pictures(root, columns, rows)
+            log.info("sweep pictures: %s (TensorBoard: %s)", ", ".join(p.name for p in pictures) or "none",
+                     root / "comparison")
         failed = [r["run"] for r in rows if "error" in r]
         log.info("%d runs compared: %s, %s%s", len(rows), csv_path, md_path,
                  f"; {len(failed)} could not be evaluated: {', '.join(failed)}" if failed else "")

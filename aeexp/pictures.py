@@ -69,6 +69,12 @@ def _pyplot():
     return plt
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, for modules that draw figures of their own
+    (:mod:`aeexp.evaluation.sweep_pictures`); imported on first use, as for the scatter."""
+    return _pyplot()
+
+
 def code_scatter(codes: torch.Tensor, labels: torch.Tensor, title: str) -> Figure:
     """Codes as a scatter plot coloured by class, like the first seed's 784-128-64-32-2 figure
     and the second seed's 2-D latent plot: 2-D codes as they are, wider codes projected on

@@ -90,33 +90,41 @@ def training_record(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def train_seconds(run_dir: Path) -> float | None:
-    """The sum of the run's ``perf/epoch_seconds`` (one value per epoch; a resumed epoch
-    counts once, its last value), or None without TensorBoard events."""
+def scalar_history(run_dir: Path, tag: str) -> dict[int, float]:
+    """``step -> value`` of one TensorBoard scalar over the run's event files (a resumed run adds
+    one; a step written twice keeps its last value); empty without TensorBoard or the tag."""
     try:
         from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+        from tensorboard.util import tensor_util
     except ImportError:
-        return None
-    per_epoch: dict[int, float] = {}
+        return {}
+    history: dict[int, float] = {}
     for path in sorted(run_dir.glob("events.out.tfevents.*")):
         try:
             for event in EventFileLoader(str(path)).Load():
                 for value in event.summary.value:
-                    if value.tag == "perf/epoch_seconds":
+                    if value.tag == tag:
                         number = value.simple_value if value.HasField("simple_value") else None
                         if number is None and value.HasField("tensor"):
-                            from tensorboard.util import tensor_util
                             number = float(tensor_util.make_ndarray(value.tensor))
                         if number is not None:
-                            per_epoch[event.step] = float(number)
+                            history[event.step] = float(number)
         except Exception as err:  # a truncated events file: what was read so far
             log.warning("%s: %s", path, err)
+    return history
+
+
+def train_seconds(run_dir: Path) -> float | None:
+    """The sum of the run's ``perf/epoch_seconds`` (one value per epoch; a resumed epoch
+    counts once, its last value), or None without TensorBoard events."""
+    per_epoch = scalar_history(run_dir, "perf/epoch_seconds")
     return sum(per_epoch.values()) if per_epoch else None
 
 
 def compare_runs(root: Path, evaluate: Callable[[Path], dict[str, Any]],
                  errors: tuple[type[BaseException], ...]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Evaluate every run under ``root``; return the table's columns and rows (sorted)."""
+    """Evaluate every run under ``root``; return the table's columns and rows (sorted). An
+    evaluated row also holds ``kind`` (``images`` or ``vectors``), which is not a column."""
     runs = find_runs(root)
     overrides = [read_overrides(run) for run in runs]
     varied = varying_keys(overrides)
@@ -136,7 +144,8 @@ def compare_runs(root: Path, evaluate: Callable[[Path], dict[str, Any]],
             log.error("%s: %s", run, err)
             row["error"] = str(err)
         else:
-            row.update({"code_size": metrics.get("code_size"), "parameters": metrics.get("parameters")})
+            row.update({"code_size": metrics.get("code_size"), "parameters": metrics.get("parameters"),
+                        "kind": metrics.get("kind", "images")})  # not a column: the pictures' choice of MSE or FVU
             row.update({k: metrics.get(k) for k in KEY_METRICS})  # vectors have no PSNR, unlabelled ones no probes
             for key in metrics:
                 if (key.startswith("ssl") or key in GROUND_TRUTH_METRICS) and key not in ssl_columns:

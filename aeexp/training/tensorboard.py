@@ -1,4 +1,5 @@
-"""Hyperparameters in TensorBoard's HParams tab, from the run's config."""
+"""Hyperparameters in TensorBoard's HParams tab, from the run's config: the run's one HParams
+session, whose row ``evaluate.py``'s figures join later (:mod:`aeexp.hparams` says how)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from aeexp.hparams import EVALUATION_METRICS, evaluation_metric_infos, parse_experiment, with_metrics
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -46,9 +49,12 @@ def write_hparams(writer: SummaryWriter, config: dict[str, Any], metrics: dict[s
     """Record hyperparameters and final metrics in the run's own event file, so
     ``tensorboard --logdir outputs`` lines up runs side by side in the HParams tab.
     ``choices`` (group -> option, :func:`group_choices`) join them under the group's name
-    (``model`` = ``fc256_gelu`` beside ``model.name`` = ``fc``)."""
+    (``model`` = ``fc256_gelu`` beside ``model.name`` = ``fc``). The experiment record also
+    names the evaluation's figures (``eval/test_mse``... in ``<run>/eval/``), so the HParams
+    tab has their columns and this session's row gets them once ``evaluate.py`` has run."""
     metric_dict = {f"hparam/{k}": float(v) for k, v in metrics.items()}
     experiment, start, end = hparams_summary({**flatten_config(config), **(choices or {})}, metric_dict)
+    experiment = with_metrics(parse_experiment(experiment), evaluation_metric_infos(EVALUATION_METRICS))
     writer.file_writer.add_summary(experiment)
     writer.file_writer.add_summary(start)
     writer.file_writer.add_summary(end)
