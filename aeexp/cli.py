@@ -342,6 +342,7 @@ def _check_group_choice(o, config: _Configs) -> None:
     if values is None:
         return
     options = config.options(group)
+    values = [item for value in values for item in (value if isinstance(value, list) else [value])]  # group=[a,b]
     for value in values:
         if value is None:
             continue  # group=null: validate says the group is missing

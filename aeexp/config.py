@@ -10,6 +10,7 @@ command line costs a second instead of a crashed run.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -26,6 +27,7 @@ from aeexp.registry import (
     OPTIMIZERS,
     SCHEDULERS,
     SPARSITY,
+    TRACKERS,
     Registry,
     RegistryError,
 )
@@ -238,18 +240,20 @@ def cross_check(rule: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, A
     return rule
 
 
-def validate(cfg: DictConfig) -> DictConfig:
+def validate(cfg: DictConfig, trackers_installed: bool = True) -> DictConfig:
     """Check a composed config; return it with every group filled from its schema's defaults.
 
     Raises ConfigError (naming key, value and the valid choices) on the first problem.
+    ``trackers_installed``: also require the packages of the ``logger`` trackers chosen
+    (False for a config that will not be trained: evaluating an MLflow run needs no MLflow).
     """
     out: dict[str, Any] = {}
     check_resolvable(cfg)
     if isinstance(cfg, DictConfig):  # resolved as a whole: groups refer to each other (root: ${paths.data_dir})
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in cfg:
-        if key not in REGISTRY_GROUPS and key not in FIXED_GROUPS and key not in TOP_LEVEL_KEYS:
-            valid = sorted(set(REGISTRY_GROUPS) | set(FIXED_GROUPS) | TOP_LEVEL_KEYS)
+        if key not in REGISTRY_GROUPS and key not in FIXED_GROUPS and key not in TOP_LEVEL_KEYS and key != "logger":
+            valid = sorted(set(REGISTRY_GROUPS) | set(FIXED_GROUPS) | TOP_LEVEL_KEYS | {"logger"})
             raise ConfigError(str(key), f"unknown top-level key; valid keys: {', '.join(valid)}")
     seed = cfg.get("seed", 0)
     require_seed("seed", seed)
@@ -269,9 +273,31 @@ def validate(cfg: DictConfig) -> DictConfig:
     for group, schema in FIXED_GROUPS.items():
         node = cfg.get(group, {})
         out[group] = check_node(group, node, schema)
+    out["logger"] = check_logger(cfg.get("logger"), trackers_installed)
     for rule in CROSS_CHECKS:
         rule(out)
     return OmegaConf.create(out)
+
+
+def check_logger(node: Any, installed: bool = True) -> dict[str, Any]:
+    """``logger``: the trackers a run reports to, one key each (``logger=[tensorboard,csv]``
+    merges ``tensorboard: {}`` and ``csv: {}``), each checked against its registered schema
+    (:mod:`aeexp.training.trackers`); absent: TensorBoard alone, as before the group existed.
+    ``installed``: a tracker's optional package (MLflow) must be importable."""
+    names = ", ".join(TRACKERS.names())
+    allowed = f"one or more of {names}, e.g. logger=csv or logger=[tensorboard,csv] (conf/logger/)"
+    if node is None:
+        node = {"tensorboard": {}}
+    require(isinstance(node, (dict, DictConfig)) and len(node) > 0, "logger", _plain(node), allowed)
+    out = {}
+    for name, options in node.items():
+        require(name in TRACKERS, "logger", str(name), allowed)
+        out[name] = check_node(f"logger.{name}", options if options is not None else {}, TRACKERS.schema(name))
+        package = TRACKERS.get(name).requires
+        if installed and package and importlib.util.find_spec(package) is None:
+            raise ConfigError("logger", f"got {name!r}, but {package} is not installed: pip install aeexp[{name}] "
+                              f"(or choose other trackers: {names})")
+    return out
 
 
 @cross_check

@@ -105,5 +105,6 @@ NOISE = Registry("noise")
 DATASETS = Registry("dataset")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
+TRACKERS = Registry("logger")  # the logger group: where a run reports (aeexp.training.trackers), several at once
 
 ALL_REGISTRIES = (MODELS, SPARSITY, NOISE, DATASETS, OPTIMIZERS, SCHEDULERS, ACTIVATIONS)

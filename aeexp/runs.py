@@ -91,7 +91,7 @@ def load_run(run_dir: Path | str, which: str = "best", device: torch.device | st
     from aeexp.trust import read_loaded_config
 
     raw = read_loaded_config(state["config"], path, trust=trust_targets)  # no _target_ unless trusted
-    cfg = validate(raw)  # ConfigError names e.g. an unregistered model.name
+    cfg = validate(raw, trackers_installed=False)  # ConfigError names e.g. an unregistered model.name
     if dataset_root is not None and "root" in cfg.dataset:
         cfg.dataset.root = str(dataset_root)
     input_shape = tuple(state.get("input_shape") or ())

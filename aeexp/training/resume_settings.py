@@ -24,7 +24,7 @@ SAFE_TO_CHANGE = (
     "trainer.epochs", "trainer.stages[*].epochs", "trainer.resume", "trainer.resume_from", "trainer.progress",
     "trainer.num_threads", "trainer.image_every", "trainer.num_images", "trainer.val_batch_size",
     "trainer.divergence_factor", "dataset.root", "dataset.download", "device.name", "device.compile", "optimizer.lr",
-    "tags", "optimized_metric", "paths.*",
+    "tags", "optimized_metric", "paths.*", "logger.*",
 )
 
 

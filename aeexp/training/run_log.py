@@ -1,5 +1,6 @@
 """What a run tells the world: ``metrics.json``, the one summary line per epoch (console and
-``train.log``), TensorBoard scalars, the firing-rate histogram, pictures and HParams.
+``train.log``), and the figures, pictures and config handed to the trackers the ``logger``
+group chooses (:mod:`aeexp.training.trackers`: TensorBoard by default, CSV, MLflow).
 
 The trainer hands over an :class:`EpochRecord` per epoch; nothing here changes training.
 ``metrics.json`` always agrees with the checkpoints on disk: after a failed write (a full
@@ -15,25 +16,13 @@ from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard import SummaryWriter
 
 from aeexp.checkpoints import write_json
 from aeexp.pictures import save_png
-from aeexp.training.tensorboard import group_choices, write_hparams
+from aeexp.training.trackers import Tracker, build_trackers
 from aeexp.training.validation import ground_truth_figures
 
 log = logging.getLogger("aeexp.training.trainer")
-
-SCALARS = {  # TensorBoard tag -> EpochRecord field
-    "train/loss": "train_loss", "train/mse": "train_mse", "train/penalty": "train_penalty", "train/aux": "train_aux",
-    "val/mse": "val_mse", "val/denoise_mse": "val_denoise_mse", "val/noisy_input_mse": "val_noisy_mse",
-    "val/fvu": "val_fvu", "val/explained_variance": "val_explained_variance",
-    "latent/val_l0": "val_l0", "latent/dead_fraction": "dead_fraction",
-    "latent/val_mean_activation": "val_mean_activation", "lr": "lr", "stage": "stage",
-    "perf/samples_per_second": "samples_per_second", "perf/epoch_seconds": "epoch_seconds",
-    "features/mmcs": "mmcs", "features/recovered_90": "recovered_90",  # data with true features
-}
-HPARAM_METRICS = ("val_mse", "best_val_mse", "best_score", "train_mse", "mmcs", "recovered_90")
 
 
 @dataclass
@@ -103,20 +92,40 @@ class EpochRecord:
 
 
 class RunLog:
-    """Opened for the span of ``Trainer.fit`` (``with RunLog(run_dir) as run_log``)."""
+    """Opened for the span of ``Trainer.fit`` (``with RunLog(run_dir, cfg=cfg) as run_log``).
 
-    def __init__(self, run_dir: Path, recorded: dict[str, Any] | None = None, every_n_steps: int | None = None):
+    ``cfg``: the run's checked config; its ``logger`` node picks the trackers (none given, or
+    no ``logger`` in it: TensorBoard alone, as before the group existed)."""
+
+    def __init__(self, run_dir: Path, recorded: dict[str, Any] | None = None, every_n_steps: int | None = None,
+                 cfg: DictConfig | None = None):
         self.run_dir = Path(run_dir)
         self.every_n_steps = every_n_steps  # trainer.log_every_n_steps (None: no per-step scalars)
-        self.writer: SummaryWriter | None = None
+        self.cfg = cfg
+        self.trackers: list[Tracker] = build_trackers(cfg.get("logger") if cfg is not None else None, self.run_dir)
+        self.running: list[Tracker] = []  # started and not yet finished
         self.recorded = dict(recorded or {})  # what metrics.json and the checkpoints on disk agree on
 
     def __enter__(self) -> "RunLog":
-        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        config = _plain(self.cfg)
+        for tracker in self.trackers:
+            tracker.start(config)
+            self.running.append(tracker)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.writer.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Trackers still running end with metrics.json's status (interrupted: a signal)."""
+        try:
+            self._finish_trackers(self.recorded.get("status") or "failed", self.recorded, self.cfg)
+        except Exception as err:
+            if exc_type is None:
+                raise
+            log.warning("a tracker could not record the run's end: %s: %s", type(err).__name__, err)
+
+    def _finish_trackers(self, status: str, metrics: dict[str, Any], cfg: DictConfig | None) -> None:
+        config = _plain(cfg)
+        while self.running:
+            self.running.pop(0).finish(status, metrics, config)
 
     # ------------------------------------------------------------- metrics.json
     def write(self, metrics: dict[str, Any]) -> None:
@@ -130,9 +139,14 @@ class RunLog:
     def failed(self, err: BaseException) -> dict[str, Any]:
         metrics = {**self.recorded, "status": "failed", "error": f"{type(err).__name__}: {err}"}
         write_json(self.run_dir / "metrics.json", metrics)
+        self.recorded = dict(metrics)
+        try:
+            self._finish_trackers("failed", metrics, self.cfg)
+        except Exception as tracker_err:  # the run's own error is the one to raise
+            log.warning("a tracker could not record the failure: %s: %s", type(tracker_err).__name__, tracker_err)
         return metrics
 
-    # ------------------------------------------------------------- TensorBoard
+    # ---------------------------------------------------------------- figures
     def step(self, global_step: int, terms: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Per-step scalars (``step/*``, keyed by the global optimizer step, which a resumed
         run continues from its checkpoint) every ``trainer.log_every_n_steps`` steps.
@@ -141,21 +155,22 @@ class RunLog:
         if not self.every_n_steps or global_step % self.every_n_steps:
             return
         loss, mse, penalty, aux = terms.tolist()
-        for tag, value in (("step/train_loss", loss), ("step/train_mse", mse), ("step/train_penalty", penalty),
-                           ("step/train_aux", aux), ("step/lr", optimizer.param_groups[0]["lr"])):
-            if tag in ("step/train_loss", "step/train_mse", "step/lr") or value != 0:
-                self.writer.add_scalar(tag, value, global_step)
+        scalars = {tag: value for tag, value in (
+            ("step/train_loss", loss), ("step/train_mse", mse), ("step/train_penalty", penalty),
+            ("step/train_aux", aux), ("step/lr", optimizer.param_groups[0]["lr"]))
+            if tag in ("step/train_loss", "step/train_mse", "step/lr") or value != 0}
+        for tracker in self.trackers:
+            tracker.step(scalars, global_step)
 
     def epoch(self, record: EpochRecord, firing_rate: torch.Tensor, improved: bool) -> None:
-        m = record.as_dict()
-        for tag, key in SCALARS.items():
-            if m.get(key) is not None:
-                self.writer.add_scalar(tag, m[key], record.epoch)
-        self.writer.add_histogram("latent/firing_rate", firing_rate.float().cpu(), record.epoch)
-        # Feature density as SAE work plots it: log10 of each latent's firing frequency (dead: -10).
-        self.writer.add_histogram("latent/log10_feature_density", (firing_rate.double().cpu() + 1e-10).log10(),
-                                  record.epoch)
-        self.writer.flush()
+        figures = {k: v for k, v in asdict(record).items() if k not in ("tags", "status")}
+        histograms = {
+            "latent/firing_rate": firing_rate.float().cpu(),
+            # Feature density as SAE work plots it: log10 of each latent's firing frequency (dead: -10).
+            "latent/log10_feature_density": (firing_rate.double().cpu() + 1e-10).log10(),
+        }
+        for tracker in self.trackers:
+            tracker.epoch(figures, record.epoch, histograms)
         stage = f"  stage {record.stage}/{record.stages} {record.stage_name}" if record.stages > 1 else ""
         denoise = f"  val_denoise_mse {record.val_denoise_mse:.6f}" if record.val_denoise_mse is not None else ""
         if record.mmcs is not None:
@@ -167,16 +182,21 @@ class RunLog:
             log.info("stopping%s: %s", f" stage {record.stage}" if record.stages > 1 else "", record.stop_reason)
 
     def pictures(self, pictures: dict[str, torch.Tensor], epoch: int) -> None:
-        """To TensorBoard and, the latest of each, to ``images/<name>.png``."""
+        """The latest of each to ``images/<name>.png``, and every one to the trackers."""
         folder = self.run_dir / "images"
         folder.mkdir(exist_ok=True)
+        pngs = {name: folder / f"{name}.png" for name in pictures}
         for name, image in pictures.items():
-            self.writer.add_image(name, image, epoch)
-            save_png(image, folder / f"{name}.png")
-        self.writer.flush()
+            save_png(image, pngs[name])
+        for tracker in self.trackers:
+            tracker.images(pictures, pngs, epoch)
 
     def finish(self, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-        """The final metrics.json and the HParams entry that lines this run up with others."""
+        """The final metrics.json; the trackers end the run as completed (TensorBoard: the
+        HParams entry that lines this run up with others)."""
         self.write(metrics)
-        write_hparams(self.writer, OmegaConf.to_container(cfg, resolve=True),
-                      {k: metrics[k] for k in HPARAM_METRICS if k in metrics}, group_choices())
+        self._finish_trackers("completed", metrics, cfg)
+
+
+def _plain(cfg: DictConfig | None) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
