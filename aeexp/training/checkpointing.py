@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import OmegaConf
@@ -42,30 +42,35 @@ def restore_rng(rng: dict[str, Any], shuffle: torch.Generator) -> None:
 
 
 class Checkpoints:
-    """``<run>/checkpoints/last.pt`` and ``best.pt``."""
+    """``<run>/checkpoints/last.pt`` and ``best.pt``. Under DDP only rank 0 ``writes``, and
+    every rank calls ``after_write`` (a barrier) once a save is through."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, writes: bool = True, after_write: Callable[[], None] | None = None):
         self.folder = Path(run_dir) / "checkpoints"
+        self.writes, self.after_write = writes, after_write
 
     def path(self, which: str) -> Path:
         return self.folder / f"{which}.pt"
 
     def save(self, state: dict[str, Any], best: bool, on_best_saved=None) -> None:
         """``best.pt`` first when this epoch is the best (then ``on_best_saved()``), then ``last.pt``."""
-        if best:
+        if best and self.writes:
             save_checkpoint(self.path("best"), state)
             if on_best_saved is not None:
                 on_best_saved()
-        save_checkpoint(self.path("last"), state)
+        self.save_last(state)
 
     def save_last(self, state: dict[str, Any]) -> None:
-        save_checkpoint(self.path("last"), state)
+        if self.writes:
+            save_checkpoint(self.path("last"), state)
+        if self.after_write is not None:
+            self.after_write()
 
     def set_damaged_last_aside(self) -> None:
         """Resuming from ``best.pt`` because ``last.pt`` is unreadable: keep the damaged file
         as ``last.pt.damaged`` rather than writing over it."""
         last = self.path("last")
-        if not last.exists():
+        if not self.writes or not last.exists():
             return
         try:
             load_checkpoint(last)

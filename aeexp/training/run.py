@@ -21,6 +21,7 @@ from aeexp.data.vectors import vector_run_notes
 from aeexp.registry import DATASETS
 from aeexp.threads import configure_cpu_threads
 from aeexp.device import resolve_device
+from aeexp.training import distributed
 from aeexp.training.checkpointing import resume_trainer
 from aeexp.training.resume_settings import read_resume_checkpoint
 from aeexp.training.run_dir import check_run_dir
@@ -66,19 +67,23 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
     """
     cfg = validate(cfg)
     run_dir = Path(run_dir)
+    ranks = distributed.start()  # under torchrun: this process's rank (train.py joined the group already)
     finished = finished_metrics(run_dir, cfg) if cfg.trainer.resume else None
     if finished is not None:
         log.info("%s already completed %d epochs: skipping (trainer.resume=true)", run_dir, finished["epoch"])
         return finished
-    device = resolve_device(cfg.device.name)
+    device = distributed.rank_device(resolve_device(cfg.device.name))  # torchrun: cuda:LOCAL_RANK
+    distributed.check_supported(cfg, device)
     check_run_dir(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
     checkpoint = read_resume_checkpoint(cfg, run_dir) if cfg.trainer.resume else None
+    distributed.barrier()  # every rank has looked at the run directory before rank 0 writes into it
     configure_cpu_threads(cfg.trainer.num_threads)  # null: one per core, passive OpenMP waiting (aeexp.threads)
     # Subnormal floats (frozen or freshly grown layers of layer-wise training produce them)
     # make CPU arithmetic up to 50x slower; flushing them to zero changes no figure we report.
     torch.set_flush_denormal(True)
     seed_everything(cfg.seed)
-    data = load_data(cfg)
+    with distributed.main_rank_first():  # a download happens once
+        data = load_data(cfg)
     limits = cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches
     if any(n is not None for n in limits):  # conf/debug: the same few batches every epoch
         data = data.limited(*(n and n * size for n, size in zip(limits, (cfg.trainer.batch_size,
@@ -93,8 +98,9 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
     if cfg.trainer.resume:
         resume_trainer(trainer, checkpoint)
     # The layers go to a file (and the debug log), so the console shows one line per epoch.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "model.txt").write_text(f"{model}\n")
+    if ranks.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "model.txt").write_text(f"{model}\n")
     log.info("model: %s, %s parameters (layers: %s)", type(model).__name__,
              f"{sum(p.numel() for p in model.parameters()):,}", run_dir / "model.txt")
     log.debug("%s", model)

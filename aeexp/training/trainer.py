@@ -30,7 +30,8 @@ from aeexp.device import autocast, grad_scaler
 from aeexp.models.layerwise import describe_layers
 from aeexp.pictures import training_pictures
 from aeexp.registry import NOISE, OPTIMIZERS, SCHEDULERS
-from aeexp.training.checkpointing import Checkpoints, restore_trainer, trainer_state
+from aeexp.training.checkpointing import restore_trainer, trainer_state
+from aeexp.training.distributed import Distributed
 from aeexp.training.divergence import DivergenceError, check_divergence  # noqa: F401  (DivergenceError: raised here)
 from aeexp.training import model_hooks
 from aeexp.training.interrupts import InterruptWatch, TrainingInterrupted
@@ -45,11 +46,11 @@ log = logging.getLogger(__name__)
 class Trainer:
     def __init__(self, cfg: DictConfig, model: nn.Module, data: ImageSplits, run_dir: Path, device: torch.device,
                  stop_requested: Callable[[], int | None] | None = None):
-        self.cfg = cfg
-        self.settings = cfg.trainer
+        self.cfg, self.settings = cfg, cfg.trainer
         self.device = device
         self.run_dir = Path(run_dir)
-        self.checkpoints = Checkpoints(self.run_dir)
+        self.dist = Distributed(device)  # torchrun: this rank's share of each batch; rank 0 alone writes
+        self.checkpoints = self.dist.checkpoints(self.run_dir)
         self.data = data.to(device)
         self.noise = NOISE.build(cfg.noise)
         self.monitor = monitored_metric(self.settings.get("monitor", "auto"), self.noise)
@@ -57,12 +58,11 @@ class Trainer:
         self.scaler = grad_scaler(device, self.precision)
         # Shuffling has its own generator so its stream does not depend on anything else.
         self.shuffle_generator = torch.Generator().manual_seed(int(cfg.seed))
-        self.epoch = 0  # epochs completed, over all stages
-        self.global_step = 0
+        self.epoch, self.global_step = 0, 0  # epochs completed over all stages, optimizer steps
         self.partial_epoch: dict[str, Any] | None = None  # where an interrupted epoch stopped (train_epoch)
         self.interrupts = InterruptWatch(poll=stop_requested)
         self.metrics: dict[str, Any] = {}  # the latest EpochRecord, as written to metrics.json
-        self.run_log = RunLog(self.run_dir, every_n_steps=self.settings.get("log_every_n_steps"))
+        self.run_log = self.dist.run_log(lambda: RunLog(self.run_dir, every_n_steps=self.settings.get("log_every_n_steps")))
         # ``model`` is the first stage's (``stage_model``); later stages are built on the way.
         self.stages: list[Stage] = plan_stages(cfg)
         self._start_stage(0, model)
@@ -83,9 +83,8 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizer = OPTIMIZERS.build(stage.optimizer, params=[p for p in model.parameters() if p.requires_grad])
         self.scheduler = SCHEDULERS.build(stage.scheduler, optimizer=self.optimizer, epochs=stage.epochs)
-        # torch.compile wraps the same parameters, so checkpoints stay those of self.model.
-        forward_parts = self.model.forward_parts
-        self.forward_parts = torch.compile(forward_parts) if self.cfg.device.compile else forward_parts
+        # torch.compile and DDP wrap the same parameters, so checkpoints stay those of self.model.
+        self.forward_parts = self.dist.forward_parts(self.model, self.cfg.device.compile)
         self.best_score = math.inf  # best value of self.monitor this stage
         self.best_val_mse = math.inf  # val_mse of that best epoch
         self.best_epoch = 0
@@ -181,7 +180,7 @@ class Trainer:
         bar = tqdm(index_batches(images, batch_size, order, start=start), initial=start, leave=False,
                    total=num_batches(len(images), batch_size), dynamic_ncols=True,
                    desc=f"epoch {epoch} (stage {self.stage_index + 1} {self.stage_epoch + 1}/{self.stage.epochs})",
-                   disable=None if self.settings.progress else True)
+                   disable=None if self.settings.progress and self.dist.is_main else True)
         for step, clean in enumerate(bar, start=start + 1):
             terms = self.train_step(clean)
             self.run_log.step(self.global_step, terms, self.optimizer)  # trainer.log_every_n_steps
@@ -191,7 +190,7 @@ class Trainer:
                 self._check_divergence(terms[0].item(), epoch, step)
             if not bar.disable and step % 20 == 0:
                 bar.set_postfix(loss=f"{terms[0].item():.5f}", refresh=False)
-            if self.interrupts.requested:
+            if self.dist.stop_requested(self.interrupts, step):  # every rank at the same step
                 bar.close()
                 self._stop_inside_epoch(epoch, step, shuffle_state, sums)
         bar.close()
@@ -218,12 +217,13 @@ class Trainer:
                          f"{step} of the epoch (global step {self.global_step})", self.optimizer.param_groups[0]["lr"])
 
     def train_step(self, clean: torch.Tensor) -> torch.Tensor:
-        """One optimizer step; returns the detached (loss, mse, penalty, aux) of the batch.
+        """One optimizer step; returns the detached (loss, mse, penalty, aux) of the whole batch.
 
         loss = reconstruction MSE against the clean batch + the sparsity penalty + the
         sparsity method's auxiliary loss (each zero where a method has none).
         """
-        inputs = self.noise(clean)
+        inputs = self.noise(clean)  # on the whole batch: every rank draws the same noise
+        clean, inputs, weight = self.dist.shard(clean, inputs)  # this rank's rows (all of them alone)
         bottleneck = self.model.bottleneck
         with autocast(self.device, self.precision):
             x_hat, z, code = self.forward_parts(inputs)
@@ -232,7 +232,7 @@ class Trainer:
             aux = bottleneck.auxiliary(code, clean - x_hat.float(), self.model.decode)
             loss = mse + penalty + aux
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * weight).backward()
         model_hooks.before_optimizer_step(self.model)  # e.g. model=sae: no decoder gradient along its columns
         if self.settings.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -241,7 +241,8 @@ class Trainer:
         self.scaler.update()
         model_hooks.after_optimizer_step(self.model)  # e.g. model=sae: decoder columns back to unit norm
         self.global_step += 1
-        return torch.stack([loss.detach(), mse.detach(), penalty.detach(), aux.detach()])
+        return self.dist.batch_terms(torch.stack([loss.detach(), mse.detach(), penalty.detach(), aux.detach()]),
+                                     weight, self.interrupts)
 
     def validate(self) -> dict[str, Any]:
         """Validation figures of the current model (eval mode: lifetime sparsity off)."""
