@@ -80,21 +80,24 @@ REFUSED = ".aeexp-refused.jsonl"
 INTERRUPTED = ".aeexp-interrupted"
 
 
-def record_refusal(sweep_dir: Path, run_dir: Path, message: str) -> None:
+def record_refusal(sweep_dir: Path, run_dir: Path, message: str, kind: str = "refused") -> None:
     """Note in the sweep folder that a job was refused before training (its own folder is
-    left as it was, or removed when this command made it)."""
+    left as it was, or removed when this command made it), or, ``kind="lost"``, that the
+    launcher lost it (a Ray worker that died): it may have left no folder to report from."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"run": str(run_dir), "error": message}) + "\n"
+    line = json.dumps({"run": str(run_dir), "kind": kind, "error": message}) + "\n"
     with open(sweep_dir / REFUSED, "a") as handle:  # one short append per job: safe across processes
         handle.write(line)
 
 
 def read_refusals(sweep_dir: Path) -> dict[Path, str]:
+    """What :func:`record_refusal` noted, by run directory: ``"<kind>: <message>"``."""
     try:
         lines = (sweep_dir / REFUSED).read_text().splitlines()
     except OSError:
         return {}
-    return {Path(r["run"]): r["error"] for r in (json.loads(line) for line in lines if line.strip())}
+    records = (json.loads(line) for line in lines if line.strip())
+    return {Path(r["run"]): f"{r.get('kind', 'refused')}: {r['error']}" for r in records}
 
 
 def mark_interrupted(sweep_dir: Path, signum: int) -> None:
@@ -165,7 +168,7 @@ class FailureReport(Callback):
         for run, metrics in failed.items():
             log.error("  %s: %s %s", run.relative_to(sweep_dir), metrics.get("status"), metrics.get("error", ""))
         for run, message in refused.items():
-            log.error("  %s: refused: %s", run.relative_to(sweep_dir) if run.is_relative_to(sweep_dir) else run, message)
+            log.error("  %s: %s", run.relative_to(sweep_dir) if run.is_relative_to(sweep_dir) else run, message)
         for name in (REFUSED, INTERRUPTED):
             (sweep_dir / name).unlink(missing_ok=True)
         if signum:

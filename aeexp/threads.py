@@ -20,7 +20,12 @@ and scripts that ``import aeexp`` before torch):
   set (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME``) are left alone, so
   ``GOMP_SPINCOUNT=300000`` restores torch's previous behaviour.
 - :func:`configure_cpu_threads` (called by ``run_training``) keeps torch's thread count
-  unless ``trainer.num_threads`` names one.
+  unless ``trainer.num_threads`` names one, or the run is a Ray task (a job of
+  ``hydra/launcher=ray``): then it takes the CPUs Ray gave the task. Ray tells OpenMP that
+  count through ``OMP_NUM_THREADS``, set anew for every task (1 when the task asked for
+  less than one CPU, the user's own value when the sweep's environment had one), but its
+  worker processes run one task after another and torch reads the variable only once,
+  when it starts.
 """
 
 from __future__ import annotations
@@ -58,15 +63,35 @@ def set_openmp_defaults(environ: MutableMapping[str, str] | None = None) -> dict
 
 
 def configure_cpu_threads(num_threads: int | None) -> int:
-    """torch's CPU threads for a run: ``num_threads`` if given, else torch's default (one per
-    core), which with passive OpenMP waiting keeps both the idle speed and the speed beside
-    other work (see the module docstring). Returns the count in effect."""
+    """torch's CPU threads for a run: ``num_threads`` if given, else a Ray task's CPUs
+    (:func:`ray_task_cpus`), else torch's default (one per core), which with passive OpenMP
+    waiting keeps both the idle speed and the speed beside other work (see the module
+    docstring). Returns the count in effect."""
     import torch
 
-    if num_threads:
-        torch.set_num_threads(num_threads)
+    from_ray = None if num_threads else ray_task_cpus()
+    if num_threads or from_ray:
+        torch.set_num_threads(num_threads or from_ray)
     threads = torch.get_num_threads()
+    if from_ray:
+        log.info("torch uses %d CPU thread(s): this Ray task's CPUs (hydra.launcher.ray.remote.num_cpus)", threads)
     if too_late:
         log.info("torch was imported before aeexp, so OpenMP threads spin-wait (slow beside other work); "
                  "import aeexp first or set OMP_WAIT_POLICY=PASSIVE")
     return threads
+
+
+def ray_task_cpus() -> int | None:
+    """In a Ray task, the thread count Ray chose for it (``OMP_NUM_THREADS``, which Ray sets
+    for each task from its ``num_cpus``); None anywhere else. Ray is never imported here:
+    a process that runs Ray tasks has it imported already."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    worker = getattr(ray.get_runtime_context(), "worker", None)
+    if getattr(worker, "mode", None) != ray.WORKER_MODE:
+        return None  # the driver (the sweep's own process), not a task
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return None
