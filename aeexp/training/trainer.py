@@ -62,7 +62,8 @@ class Trainer:
         self.partial_epoch: dict[str, Any] | None = None  # where an interrupted epoch stopped (train_epoch)
         self.interrupts = InterruptWatch(poll=stop_requested)
         self.metrics: dict[str, Any] = {}  # the latest EpochRecord, as written to metrics.json
-        self.run_log = self.dist.run_log(lambda: RunLog(self.run_dir, every_n_steps=self.settings.get("log_every_n_steps")))
+        self.run_log = self.dist.run_log(lambda: RunLog(self.run_dir, every_n_steps=self.settings.get("log_every_n_steps"),
+                                                        cfg=cfg))  # rank 0's; the other ranks' write nothing
         # ``model`` is the first stage's (``stage_model``); later stages are built on the way.
         self.stages: list[Stage] = plan_stages(cfg)
         self._start_stage(0, model)
@@ -202,8 +203,7 @@ class Trainer:
         """Save where this epoch stands into last.pt, then stop with TrainingInterrupted."""
         self.partial_epoch = {"epoch": epoch, "batches_done": step, "shuffle": shuffle_state, "sums": sums.cpu()}
         self.checkpoints.save_last(self.state_dict())
-        signum = self.interrupts.signum
-        name = signal.Signals(signum).name
+        signum, name = self.interrupts.signum, signal.Signals(self.interrupts.signum).name
         log.warning("%s received: saved %s after step %d of epoch %d", name, self.checkpoints.path("last"), step, epoch)
         self.metrics["status"] = "interrupted"
         self.run_log.write(self.metrics)
