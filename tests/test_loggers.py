@@ -17,10 +17,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from aeexp.cli import check_command_line
 from aeexp.config import ConfigError, validate
 from aeexp.registry import TRACKERS
+from aeexp.training.interrupts import TrainingInterrupted
 from aeexp.training.run import run_training
 from aeexp.training.trackers import SCALARS, CsvTracker
 from cli_runner import run_cli
-from conftest import CONF_DIR, compose, small_run
+from conftest import CONF_DIR, compose, sigterm_at_step, small_run
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 needs_mlflow = pytest.mark.skipif(not HAS_MLFLOW, reason="mlflow is not installed (pip install aeexp[mlflow])")
@@ -161,18 +162,21 @@ def test_csv_rows_are_each_epochs_metrics_and_resume_appends_the_missing_epochs(
 # ----------------------------------------------------------------------------- MLflow
 @needs_mlflow
 @pytest.mark.slow  # the inner loop: the logger config tests above (no training, no MLflow store)
-def test_one_run_in_tensorboard_csv_and_mlflow_and_resume_continues_the_mlflow_run(tmp_path):
+def test_one_run_in_tensorboard_csv_and_mlflow_and_resume_continues_the_mlflow_run(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     run_dir, store = tmp_path / "run", tmp_path / "store"
-    every = ("logger=[tensorboard,csv,mlflow]", "trainer.image_every=1", f"paths.output_dir={store}")
-    run_training(small_run(*every, "trainer.epochs=2"), run_dir)
-    run_training(small_run(*every, "trainer.epochs=3", "trainer.resume=true"), run_dir)
-
+    every = (ALL_THREE, "trainer.image_every=1", "trainer.log_every_n_steps=4", f"paths.output_dir={store}")
+    with sigterm_at_step(monkeypatch, 12), pytest.raises(TrainingInterrupted):  # epoch 2, after its 4th step
+        run_training(small_run(*every, "trainer.epochs=2"), run_dir)
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")  # the default store
     experiment = client.get_experiment_by_name("aeexp")
+    (interrupted,) = client.search_runs([experiment.experiment_id])
+    assert interrupted.info.status == "KILLED" and [int(r["epoch"]) for r in read_csv(run_dir)] == [1]
+    run_training(small_run(*every, "trainer.epochs=3", "trainer.resume=true"), run_dir)
+
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1  # the resumed run went on with its MLflow run
+    assert [r.info.run_id for r in runs] == [interrupted.info.run_id]  # the resumed run went on with its MLflow run
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["run_dir"] == str(run_dir)
     assert experiment.artifact_location == (store / "mlartifacts").as_uri()
@@ -189,6 +193,9 @@ def test_one_run_in_tensorboard_csv_and_mlflow_and_resume_continues_the_mlflow_r
         assert history == {int(r["epoch"]): float(r[key]) for r in rows}, key
         assert history[3] == metrics[key]
         assert scalars[tag] == pytest.approx(history, rel=1e-6), tag
+    steps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "step/train_loss")}
+    assert sorted(steps) == list(range(4, 25, 4))  # 8 optimizer steps an epoch, every 4th (12: before the signal)
+    assert scalars["step/train_loss"] == pytest.approx(steps, rel=1e-6)
 
     pictures = sorted(p.name for p in (run_dir / "images").glob("*.png"))
     assert pictures

@@ -195,6 +195,7 @@ class MlflowTracker(Tracker):
         self.artifact_location = artifact_location
         self.client = None
         self.run_id: str | None = None
+        self.pending: list = []  # mlflow.entities.Metric not yet written
 
     def start(self, config: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -242,22 +243,33 @@ class MlflowTracker(Tracker):
         return run.info.run_id
 
     def step(self, scalars: dict[str, float], step: int) -> None:
-        self._metrics(scalars, step)
+        """Kept until the epoch ends: one write per epoch, however often steps are logged (a
+        write to the SQLite store takes tens of milliseconds)."""
+        self.pending += self._metrics(scalars, step)
 
     def epoch(self, metrics: dict[str, Any], step: int, histograms: dict[str, torch.Tensor]) -> None:
-        self._metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, step)
+        figures = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.pending += self._metrics(figures, step)
+        self._flush()
 
-    def _metrics(self, values: dict[str, float], step: int) -> None:
+    @staticmethod
+    def _metrics(values: dict[str, float], step: int) -> list:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in values.items()])
+        return [Metric(k, float(v), stamp, step) for k, v in values.items()]
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.client.log_batch(self.run_id, metrics=self.pending)  # MLflow splits it into batches it accepts
+        self.pending = []
 
     def images(self, pictures: dict[str, torch.Tensor], pngs: dict[str, Path], step: int) -> None:
         for png in pngs.values():
             self.client.log_artifact(self.run_id, str(png), artifact_path=f"images/epoch_{step:04d}")
 
     def finish(self, status: str, metrics: dict[str, Any], config: dict[str, Any]) -> None:
+        self._flush()  # the steps of an epoch a signal or a failure cut short
         if (self.run_dir / "metrics.json").is_file():
             self.client.log_artifact(self.run_id, str(self.run_dir / "metrics.json"))
         self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(status, "FAILED"))
