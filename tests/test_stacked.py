@@ -1,0 +1,184 @@
+"""Stacked training (aeexp.stacked, ``hydra/launcher=stacked``): members train exactly as
+their lone runs (per-epoch figures, final weights, checkpoints), a diverging member stops
+alone, resume continues each member, jobs that cannot stack run alone with a line saying
+why, and a real sweep through the launcher makes the folders and files the basic launcher
+makes.
+
+The references are lone runs through aeexp.training.run.run_training (the normal path)
+and the basic launcher; the inner loop keeps the grouping rules (fast, no training).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, compose, small_run
+from aeexp.checkpoints import load_checkpoint
+from aeexp.runs import load_run
+from aeexp.stacked.grouping import plan_groups
+from aeexp.stacked.members import DataCache, prepare_member
+from aeexp.stacked.training import StackedTraining
+from aeexp.training.run import run_training
+
+TINY = ("model.latent_dim=16", "trainer.epochs=3", "scheduler=none", "trainer.image_every=0")
+SWEEP = [(lr, seed) for lr in (1e-3, 3e-3) for seed in (0, 1)]
+RTOL = 1e-5
+
+
+def tiny(*overrides: str):
+    return small_run(*TINY, *overrides)
+
+
+def train_stacked(configs, run_dirs):
+    data = DataCache()
+    members = [prepare_member(cfg, run_dir, data) for cfg, run_dir in zip(configs, run_dirs)]
+    StackedTraining(members).fit()
+    return members
+
+
+def scalars(run_dir: Path, tag: str) -> list[float]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [event.value for event in events.Scalars(tag)]
+
+
+def assert_same_run(stacked: Path, alone: Path) -> None:
+    """Per-epoch training and validation figures, metrics.json and the weights of last.pt
+    and best.pt agree (float tolerance; timings aside)."""
+    for tag in ("train/loss", "train/mse", "val/mse", "lr"):
+        assert scalars(stacked, tag) == pytest.approx(scalars(alone, tag), rel=RTOL), tag
+    mine, theirs = (json.loads((d / "metrics.json").read_text()) for d in (stacked, alone))
+    assert mine.keys() == theirs.keys()
+    for key, value in theirs.items():
+        if "second" in key:
+            continue
+        assert mine[key] == (pytest.approx(value, rel=RTOL) if isinstance(value, float) else value), key
+    for which in ("last", "best"):
+        a, b = (load_checkpoint(d / "checkpoints" / f"{which}.pt") for d in (stacked, alone))
+        assert a.keys() == b.keys()
+        for name, tensor in b["model"].items():
+            torch.testing.assert_close(a["model"][name], tensor, rtol=RTOL, atol=1e-6)
+        assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
+
+
+@pytest.fixture(scope="module")
+def lone_runs(tmp_path_factory):
+    """The lr x seed sweep, each job trained alone through the normal path."""
+    root = tmp_path_factory.mktemp("alone")
+    for i, (lr, seed) in enumerate(SWEEP):
+        run_training(tiny(f"optimizer.lr={lr}", f"seed={seed}"), root / str(i))
+    return root
+
+
+# --------------------------------------------------------------- grouping (inner loop)
+def test_jobs_differing_in_stackable_keys_group_and_the_others_say_why():
+    configs = [compose("model.latent_dim=16", f"optimizer.lr={lr}", f"seed={seed}") for lr, seed in SWEEP]
+    configs += [compose("model.latent_dim=8"),  # differs from the rest in a shape
+                compose("model=conv"), compose("sparsity=topk"),
+                compose("trainer.stages=[{name: one, epochs: 1}]"), compose("model.latent_dim=16", "optimizer=sgd")]
+    plan = plan_groups(configs, max_members=3)
+    assert plan.groups == [[0, 1, 2]]  # max_members splits the four: the fourth is alone
+    assert "max_members=3" in plan.alone[3]
+    assert plan.alone[4] == "model.latent_dim differs from every other job's"
+    assert plan.alone[5].startswith("model=conv not supported stacked")
+    assert plan.alone[6].startswith("sparsity=topk not supported stacked")
+    assert plan.alone[7].startswith("trainer.stages set")
+    assert plan.alone[8].startswith("optimizer.") and "differ" in plan.alone[8]  # sgd's keys and name
+
+
+def test_noise_levels_stack_but_not_noise_kinds():
+    configs = [compose("noise=gaussian", "noise.std=0.1"), compose("noise=gaussian", "noise.std=0.3", "tags=[x]"),
+               compose("noise=masking")]
+    plan = plan_groups(configs, max_members=32)
+    assert plan.groups == [[0, 1]]
+    assert "noise.name" in plan.alone[2]
+
+
+# --------------------------------------------------------------- training (slow)
+@pytest.mark.slow  # trains 4 lone and 4 stacked runs; the grouping rules stay in the inner loop
+def test_stacked_members_match_their_lone_runs(tmp_path, lone_runs):
+    configs = [tiny(f"optimizer.lr={lr}", f"seed={seed}") for lr, seed in SWEEP]
+    members = train_stacked(configs, [tmp_path / str(i) for i in range(len(configs))])
+    assert all(m.outcome["status"] == "completed" for m in members)
+    for i in range(len(SWEEP)):
+        assert_same_run(tmp_path / str(i), lone_runs / str(i))
+    run = load_run(tmp_path / "3")  # what evaluate.py reads
+    assert run.cfg.optimizer.lr == SWEEP[3][0] and run.metrics["epoch"] == 3
+
+
+@pytest.mark.slow  # as above, with noise, an L1 penalty, AdamW and the plateau scheduler per member
+def test_noise_penalty_and_scheduler_per_member_match_lone_runs(tmp_path):
+    # Moderate settings: L1 on a noisy input amplifies float rounding (with noise.std=0.3 and
+    # sparsity.weight=1e-2, a lone run differs from itself on 1 and 2 threads by 5e-5 after
+    # 3 epochs), and the comparison is at 1e-5.
+    configs = [tiny("noise=gaussian", f"noise.std={std}", "sparsity=l1", f"sparsity.weight={weight}", "optimizer=adamw",
+                    "scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5", f"seed={seed}")
+               for std, weight, seed in ((0.1, 1e-3, 0), (0.2, 2e-3, 1))]
+    for i, cfg in enumerate(configs):
+        run_training(cfg, tmp_path / f"alone{i}")
+    train_stacked(configs, [tmp_path / f"stacked{i}" for i in range(len(configs))])
+    for i in range(len(configs)):
+        assert_same_run(tmp_path / f"stacked{i}", tmp_path / f"alone{i}")
+        assert json.loads((tmp_path / f"stacked{i}/metrics.json").read_text())["val_denoise_mse"] > 0
+
+
+@pytest.mark.slow  # trains 2 stacked members; the lone reference comes from the module's lone runs
+def test_a_diverging_member_stops_alone(tmp_path, lone_runs):
+    configs = [tiny("optimizer.lr=0.001", "seed=0"), tiny("optimizer.lr=1e6", "seed=0")]
+    members = train_stacked(configs, [tmp_path / "ok", tmp_path / "diverged"])
+    assert members[0].outcome["status"] == "completed"
+    assert_same_run(tmp_path / "ok", lone_runs / "0")
+    metrics = json.loads((tmp_path / "diverged/metrics.json").read_text()) \
+        if (tmp_path / "diverged/metrics.json").exists() else {}
+    assert metrics.get("status") == "failed" and "diverged" in metrics["error"]
+    assert "diverged" in str(members[1].outcome)
+
+
+@pytest.mark.slow  # 2 epochs stacked, then resumed to 3: equal to the lone 3-epoch runs
+def test_resume_continues_each_member_from_its_own_last_checkpoint(tmp_path, lone_runs):
+    run_dirs = [tmp_path / "0", tmp_path / "1"]
+    train_stacked([tiny(f"optimizer.lr={lr}", f"seed={seed}", "trainer.epochs=2") for lr, seed in SWEEP[:2]], run_dirs)
+    assert [json.loads((d / "metrics.json").read_text())["epoch"] for d in run_dirs] == [2, 2]
+    members = train_stacked([tiny(f"optimizer.lr={lr}", f"seed={seed}", "trainer.resume=true")
+                             for lr, seed in SWEEP[:2]], run_dirs)
+    assert all(m.outcome["status"] == "completed" for m in members)
+    for i, run_dir in enumerate(run_dirs):
+        assert_same_run(run_dir, lone_runs / str(i))
+
+
+# --------------------------------------------------------------- the launcher (slow)
+def sweep(sweep_dir: Path, launcher: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "train.py"), "-m", f"hydra/launcher={launcher}", "dataset=synthetic",
+               "dataset.num_train=256", "dataset.num_val=128", "trainer.batch_size=64", "trainer.progress=false",
+               "device=cpu", "trainer.epochs=1", "trainer.image_every=0", "model.latent_dim=16", "sparsity=none,topk",
+               "optimizer.lr=1e-3,3e-3", f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.run(command, cwd=sweep_dir.parent, capture_output=True, text=True, timeout=300)
+
+
+def files(sweep_dir: Path) -> dict[str, list[str]]:
+    return {run.name: sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()
+                             and not p.name.startswith("events.out")) for run in sorted(sweep_dir.iterdir()) if run.is_dir()}
+
+
+@pytest.mark.slow  # two sweeps in subprocesses; the grouping rules stay in the inner loop
+def test_a_stacked_sweep_makes_the_basic_launchers_folders(tmp_path):
+    basic, stacked = sweep(tmp_path / "basic", "basic"), sweep(tmp_path / "stacked", "stacked")
+    assert basic.returncode == 0, basic.stderr[-2000:]
+    assert stacked.returncode == 0, stacked.stderr[-2000:]
+    log = stacked.stdout + stacked.stderr
+    assert "stacked: jobs #0, #1 train together" in log
+    assert log.count("sparsity=topk not supported stacked") == 2  # one line per job that runs alone
+    assert files(tmp_path / "stacked") == files(tmp_path / "basic")
+    assert len(files(tmp_path / "basic")) == 4
+    for run in (tmp_path / "basic").iterdir():
+        if run.is_dir():
+            assert_same_run(tmp_path / "stacked" / run.name, run)
+            assert any((tmp_path / "stacked" / run.name).glob("events.out.tfevents.*"))
+            assert "epoch 1/1" in (tmp_path / "stacked" / run.name / "train.log").read_text()
