@@ -20,6 +20,8 @@ from omegaconf import OmegaConf
 
 from aeexp.config import ConfigError, validate
 from aeexp.evaluation import check_settings, evaluate_run
+from aeexp.evaluation.sweep_pictures import PNG_NAMES
+from aeexp.hparams import write_evaluation_hparams
 from aeexp.training.run import run_training
 from conftest import CONF_DIR, REPO, SMALL_RUN, small_run
 
@@ -105,7 +107,8 @@ def hydra_run(tmp_path_factory) -> Path:
     train_as_hydra_would(run_dir, "trainer.epochs=1", "sparsity=l1", "noise=gaussian", "scheduler=cosine",
                          "model.latent_dim=2", "trainer.image_every=1", "trainer.log_every_n_steps=3")
     fast = ("probe_max_iter=30", "labels_per_class=[5]", "head_steps=20", "progress=false", "noise_levels=[0.2]")
-    evaluate_run(run_dir, check_settings(OmegaConf.from_dotlist(list(fast))), "cpu")
+    metrics = evaluate_run(run_dir, check_settings(OmegaConf.from_dotlist(list(fast))), "cpu")
+    write_evaluation_hparams(run_dir, metrics)  # as evaluate.py does after each run
     return run_dir
 
 
@@ -164,3 +167,11 @@ def test_readme_documents_every_tag_a_run_and_its_evaluation_write(hydra_run):
     undocumented = sorted(t for t in tags if not any(p.match(t) for p in patterns))
     assert not undocumented, f"tags missing from README.md's TensorBoard table: {undocumented}"
     assert not any(p.match("no/such_tag") for p in patterns)
+
+
+def test_readme_documents_the_sweep_pictures_tags():
+    """``evaluate.py`` on a multirun directory: ``sweep/<name>`` images in ``<multirun>/comparison/``
+    (tests/test_sweep_pictures.py reads them back from the event file)."""
+    patterns = readme_tag_patterns()
+    undocumented = sorted(t for t in (f"sweep/{name}" for name in PNG_NAMES) if not any(p.match(t) for p in patterns))
+    assert not undocumented, f"tags missing from README.md's TensorBoard table: {undocumented}"
