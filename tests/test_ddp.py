@@ -182,6 +182,23 @@ def test_a_dead_rank_ends_the_run_in_one_line(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow  # two ranks end to end; nothing else covers it
+def test_ranks_that_see_different_run_directories_refuse_together(runs, tmp_path):
+    """A machine without the shared filesystem sees no checkpoint where rank 0 sees one."""
+    root, folders, _ = runs
+
+    def sees_nothing() -> None:
+        import aeexp.training.run as run
+
+        run.read_resume_checkpoint = lambda cfg, run_dir: None
+
+    results = launch([*RUN, "trainer.resume=true", "trainer.epochs=4", f"hydra.run.dir={folders[0]}"], tmp_path,
+                     [None, sees_nothing])
+    assert [code for code, _ in results] == [2, 2], results
+    assert "1 rank(s) see other files there than rank 0" in results[0][1]
+    assert json.loads((folders[0] / "metrics.json").read_text())["epoch"] == 3  # left as it was
+
+
 @pytest.mark.slow  # a real torchrun launch (about 10 s); the same code path runs forked in the tests above
 def test_torchrun_launches_a_run(tmp_path):
     env = {**os.environ, "AEEXP_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
@@ -289,6 +306,25 @@ def test_whole_batch_methods_are_refused(one_rank_group):
         distributed.check_supported(OmegaConf.create({"sparsity": {"name": "none"}}), torch.device("mps"))
     with pytest.raises(ConfigError, match="dropout"):
         distributed.check_no_dropout(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1)))
+
+
+def test_a_repeated_signal_is_deferred_under_torchrun():
+    """SLURM signals every process and torchrun passes the signal on again: one stop, not a kill."""
+    from aeexp.training.interrupts import InterruptWatch
+
+    fell_through = []
+    previous = signal.signal(signal.SIGTERM, lambda *args: fell_through.append(args))
+    try:
+        with InterruptWatch(keep_handling=True) as watch:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert watch.signum == signal.SIGTERM and fell_through == []
+        with InterruptWatch() as watch:  # one process: the second one acts as it would without aeexp
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert watch.signum == signal.SIGTERM and len(fell_through) == 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_stop_flags_agree_in_one_process(one_rank_group):

@@ -119,6 +119,20 @@ def broadcast_text(text: str) -> str:
     return box[0]
 
 
+def check_same_run_dir(run_dir, checkpoint) -> None:
+    """Every rank must see the run directory rank 0 sees (a shared filesystem across machines):
+    a rank that found no checkpoint to resume from would start afresh beside ranks that resumed.
+    All ranks refuse together, in one line, before any work."""
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    seen = "none" if checkpoint is None else f"{checkpoint.path} at step {checkpoint.state.get('global_step')}"
+    differs = torch.tensor([float(broadcast_text(seen) != seen)])
+    dist.all_reduce(differs)
+    if differs.item():
+        raise ConfigError("hydra.run.dir", f"{run_dir}: {int(differs.item())} rank(s) see other files there than "
+                          "rank 0 (to resume, every machine needs the run directory on a shared filesystem)")
+
+
 @contextlib.contextmanager
 def main_rank_first() -> Iterator[None]:
     """Rank 0 does the block first (a dataset's download), then the others (they find it done)."""

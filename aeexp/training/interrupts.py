@@ -4,8 +4,11 @@ A cluster preempting a job, ``kill``, or Ctrl-C should cost at most one step of 
 handler only records the request, and the trainer, at the next step boundary, saves
 ``last.pt`` (with its place inside the epoch), marks ``metrics.json`` interrupted and stops.
 A second signal of the same kind acts as it normally would, so a stuck run can still be
-killed. Where another handler was installed first (submitit's, which requeues a preempted
-SLURM job), it is called after the checkpoint is saved.
+killed; except under torchrun (``keep_handling``), whose workers may get one signal twice
+(SLURM signals every process of a job step, and torchrun passes it on again), and which ends
+a worker still running 30 s after its signal with SIGKILL itself. Where another handler was
+installed first (submitit's, which requeues a preempted SLURM job), it is called after the
+checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ class InterruptWatch:
     signalled, since the signal reached only the process that launched them.
     """
 
-    def __init__(self, poll: Callable[[], int | None] | None = None, poll_seconds: float = 1.0) -> None:
+    def __init__(self, poll: Callable[[], int | None] | None = None, poll_seconds: float = 1.0,
+                 keep_handling: bool = False) -> None:
         self.signum: int | None = None
+        self.keep_handling = keep_handling  # a repeated signal is deferred too (torchrun: see the module docstring)
         self.external = False  # the stop came through ``poll``, not a signal to this process
         self._previous: dict[int, Any] = {}
         self._poll, self._poll_seconds, self._polled = poll, poll_seconds, 0.0
@@ -51,6 +56,9 @@ class InterruptWatch:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.keep_handling:
+            self.signum = self.signum or signum  # a repeat is the same stop, passed on again
+            return
         self.signum = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one is not deferred
 

@@ -76,7 +76,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
     distributed.check_supported(cfg, device)
     check_run_dir(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
     checkpoint = read_resume_checkpoint(cfg, run_dir) if cfg.trainer.resume else None
-    distributed.barrier()  # every rank has looked at the run directory before rank 0 writes into it
+    distributed.check_same_run_dir(run_dir, checkpoint)  # and every rank has looked before rank 0 writes there
     configure_cpu_threads(cfg.trainer.num_threads)  # null: one per core, passive OpenMP waiting (aeexp.threads)
     # Subnormal floats (frozen or freshly grown layers of layer-wise training produce them)
     # make CPU arithmetic up to 50x slower; flushing them to zero changes no figure we report.

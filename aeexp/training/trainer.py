@@ -60,7 +60,7 @@ class Trainer:
         self.shuffle_generator = torch.Generator().manual_seed(int(cfg.seed))
         self.epoch, self.global_step = 0, 0  # epochs completed over all stages, optimizer steps
         self.partial_epoch: dict[str, Any] | None = None  # where an interrupted epoch stopped (train_epoch)
-        self.interrupts = InterruptWatch(poll=stop_requested)
+        self.interrupts = InterruptWatch(poll=stop_requested, keep_handling=self.dist.active)  # torchrun: 2 signals
         self.metrics: dict[str, Any] = {}  # the latest EpochRecord, as written to metrics.json
         self.run_log = self.dist.run_log(lambda: RunLog(self.run_dir, every_n_steps=self.settings.get("log_every_n_steps"),
                                                         cfg=cfg))  # rank 0's; the other ranks' write nothing
