@@ -1,9 +1,10 @@
 """A sweep's pictures (aeexp/evaluation/sweep_pictures.py) and its evaluation figures in
 TensorBoard's HParams tab (aeexp/hparams.py), read back the way TensorBoard reads them.
 
-The inner loop uses fake multirun directories (the files a Hydra job leaves, TensorBoard
-scalars written by hand) and a fake evaluation; one slow test trains a real 2 x 2 sweep and
-evaluates it through evaluate.py.
+The inner loop checks what each picture shows (its data, from fake multirun directories: the
+files a Hydra job leaves, TensorBoard scalars written by hand, a fake evaluation) and the HParams
+rows; the slow tests draw the pictures, one of them for a real 2 x 2 sweep trained and evaluated
+through evaluate.py.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ def tensorboard_images(folder: Path) -> dict[str, tuple[int, int]]:
     return {tag: (events.Images(tag)[-1].width, events.Images(tag)[-1].height) for tag in events.Tags()["images"]}
 
 
+@pytest.mark.slow  # ~1 s of drawing; the inner loop checks what each picture shows (the tests above)
 def test_pngs_and_tensorboard_images_of_a_fake_sweep(tmp_path):
     """Every picture in both places, the same size (a failed run is left out of them)."""
     columns, rows = fake_sweep(tmp_path, kind="failed")
@@ -163,7 +165,7 @@ def test_pngs_and_tensorboard_images_of_a_fake_sweep(tmp_path):
         assert png_size(tmp_path / png) == images[f"sweep/{name}"]
 
 
-@pytest.mark.slow  # draws pictures again; the inner loop checks heatmap_cells' reason for a 3-key sweep
+@pytest.mark.slow  # draws pictures; the inner loop checks heatmap_cells' reason for a 3-key sweep
 def test_no_heatmap_for_three_keys_one_log_line_and_an_earlier_heatmap_removed(tmp_path, caplog):
     columns, rows = fake_sweep(tmp_path, extra_key=True)
     (tmp_path / PNG_NAMES["selection_heatmap"]).write_bytes(b"stale")
