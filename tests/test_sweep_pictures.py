@@ -111,10 +111,16 @@ def fake_sweep(root: Path, kind: str = "images", extra_key: bool = False) -> tup
 def test_curves_frontier_and_heatmap_figures_of_a_fake_sweep(tmp_path):
     _, runs = fake_sweep(tmp_path)
     identity = ["model.latent_dim", "sparsity.weight"]
-    tag, curves = validation_curves(tmp_path, runs, identity, "val_mse")
-    assert tag == "val/mse"
+    key, curves = validation_curves(tmp_path, runs, identity, "val_mse")
+    assert key == "val_mse"
     assert curves["model.latent_dim=4 sparsity.weight=0.1"] == pytest.approx({1: 0.5, 2: 0.3, 3: 0.2})
     assert len(curves) == 4
+    # a run trained with logger=csv only: its curve from metrics.csv (one row per epoch)
+    for events in (tmp_path / "0").glob("events.out.tfevents.*"):
+        events.unlink()
+    (tmp_path / "0" / "metrics.csv").write_text("epoch,val_mse,val_l0\n1,0.75,3\n2,0.625,3\n")
+    _, curves = validation_curves(tmp_path, runs, identity, "val_mse")
+    assert curves["model.latent_dim=4 sparsity.weight=0.1"] == {1: 0.75, 2: 0.625}
 
     x_key, y_key, points, labels = frontier_points(tmp_path, runs, identity)
     assert (x_key, y_key) == ("test_l0", "test_mse")

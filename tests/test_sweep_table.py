@@ -199,3 +199,13 @@ def test_no_seed_rows_without_a_seed_sweep(sweep):
     values = {job: (val, test) for job, (_, _, val, test) in JOBS.items()}
     _, rows = compare_runs(sweep, fake_evaluate(values), (RuntimeError,))
     assert len(rows) == 4 and not any(r["run"].startswith("mean") for r in rows)
+
+
+def test_train_seconds_from_metrics_csv_without_tensorboard(tmp_path):
+    """A run trained with ``logger=csv`` only: the epoch times are the ``epoch_seconds`` column."""
+    from aeexp.evaluation.sweep_table import train_seconds
+
+    run = fake_run(tmp_path, "0", ["model.latent_dim=4"], {"model": "fc"}, {"epoch": 2}, [])
+    assert train_seconds(run) is None
+    (run / "metrics.csv").write_text("epoch,val_mse,epoch_seconds\n1,0.5,1.25\n2,0.25,0.5\n")
+    assert train_seconds(run) == pytest.approx(1.75)

@@ -3,10 +3,11 @@ images in a TensorBoard event file under ``<multirun>/comparison/`` (so ``tensor
 <multirun>`` shows them as a run named ``comparison``).
 
 - ``comparison_validation_curves.png`` (tag ``sweep/validation_curves``): every job's
-  validation curve on one plot, from the run's own TensorBoard scalars (``metrics.json``
-  holds only the last epoch): the metric that selected ``best.pt`` when every run was selected
-  by the same one (``val/mse`` or ``val/denoise_mse``), else ``val/mse``; log-scale y, one
-  line per job labelled by what the sweep varied.
+  validation curve on one plot, from the run's own TensorBoard scalars, else its
+  ``metrics.csv`` (``logger=csv``; ``metrics.json`` holds only the last epoch): the metric
+  that selected ``best.pt`` when every run was selected by the same one (``val_mse`` or
+  ``val_denoise_mse``), else ``val_mse``; log-scale y, one line per job labelled by what the
+  sweep varied, in the table's order.
 - ``comparison_frontier.png`` (``sweep/frontier``): the sparsity-reconstruction trade-off,
   one point per job: test L0 (nonzero code entries per sample; the run's ``sparsity.weight``
   where a row has no L0) against test MSE (images) or test FVU (vectors, whose scale is the
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from omegaconf import OmegaConf
 
-from aeexp.evaluation.sweep_table import TRAINING_COLUMNS, read_overrides, scalar_history, varying_keys
+from aeexp.evaluation.sweep_table import HISTORY_TAGS, TRAINING_COLUMNS, epoch_history, read_overrides, varying_keys
 from aeexp.pictures import figure_image, pyplot, save_png
 from aeexp.runs import find_runs
 
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 PNG_NAMES = {"validation_curves": "comparison_validation_curves.png", "frontier": "comparison_frontier.png",
              "selection_heatmap": "comparison_heatmap.png"}
 TENSORBOARD_DIR = "comparison"
-CURVE_TAGS = {"val_mse": "val/mse", "val_denoise_mse": "val/denoise_mse"}  # trainer.monitor -> its scalar
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -194,11 +194,12 @@ def _sparsity_weight(run_dir: Path) -> float | None:
 
 def validation_curves(root: Path, runs: list[dict[str, Any]], identity: list[str],
                       monitor: str | None) -> tuple[str, dict[str, dict[int, float]]]:
-    """The scalar tag plotted (the runs' shared ``monitor``'s, else ``val/mse``) and each run's
-    ``{epoch: value}`` of it, by label; runs without it are left out."""
-    tag = CURVE_TAGS.get(monitor or "val_mse", "val/mse")
-    curves = {_label(r, identity): scalar_history(root / str(r["run"]), tag) for r in runs}
-    return tag, {label: history for label, history in curves.items() if history}
+    """The figure plotted (the runs' shared ``monitor``, else ``val_mse``) and each run's
+    ``{epoch: value}`` of it (TensorBoard scalars, else ``metrics.csv``), by label; runs
+    without it are left out."""
+    key = monitor if monitor in HISTORY_TAGS else "val_mse"
+    curves = {_label(r, identity): epoch_history(root / str(r["run"]), key) for r in runs}
+    return key, {label: history for label, history in curves.items() if history}
 
 
 def frontier_points(root: Path, runs: list[dict[str, Any]],
@@ -243,11 +244,12 @@ def sweep_pictures(root: Path, columns: list[str], rows: list[dict[str, Any]]) -
     monitors = {r.get("selected_by") for r in runs}
     monitor = str(next(iter(monitors))) if len(monitors) == 1 and None not in monitors else None
 
-    tag, curves = validation_curves(root, runs, identity, monitor)
+    key, curves = validation_curves(root, runs, identity, monitor)
     if curves:
-        figures["validation_curves"] = curves_figure(curves, tag)
+        figures["validation_curves"] = curves_figure(curves, key)
     else:
-        log.info("sweep pictures: no validation curves (no %s scalars in the runs' TensorBoard events)", tag)
+        log.info("sweep pictures: no validation curves (no run has %s per epoch in TensorBoard events or "
+                 "metrics.csv)", key)
 
     x_key, y_key, points, labels = frontier_points(root, runs, identity)
     if points:

@@ -114,10 +114,34 @@ def scalar_history(run_dir: Path, tag: str) -> dict[int, float]:
     return history
 
 
+HISTORY_TAGS = {"val_mse": "val/mse", "val_denoise_mse": "val/denoise_mse", "epoch_seconds": "perf/epoch_seconds"}
+
+
+def csv_history(run_dir: Path, key: str) -> dict[int, float]:
+    """``epoch -> value`` of one column of ``<run>/metrics.csv`` (``logger=csv``: one row per
+    epoch); empty without the file or the column, an empty cell left out."""
+    try:
+        with open(run_dir / "metrics.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return {int(r["epoch"]): float(r[key]) for r in rows if r.get(key) not in (None, "")}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        if not isinstance(err, FileNotFoundError):
+            log.warning("%s: metrics.csv: %s", run_dir, err)
+        return {}
+
+
+def epoch_history(run_dir: Path, key: str) -> dict[int, float]:
+    """``epoch -> value`` of a per-epoch figure (``val_mse``, ``val_denoise_mse``,
+    ``epoch_seconds``): the run's TensorBoard scalar, else its ``metrics.csv`` column (a run
+    trained with ``logger=csv`` only); ``metrics.json`` keeps the last epoch alone."""
+    return scalar_history(run_dir, HISTORY_TAGS[key]) or csv_history(run_dir, key)
+
+
 def train_seconds(run_dir: Path) -> float | None:
-    """The sum of the run's ``perf/epoch_seconds`` (one value per epoch; a resumed epoch
-    counts once, its last value), or None without TensorBoard events."""
-    per_epoch = scalar_history(run_dir, "perf/epoch_seconds")
+    """The sum of the run's ``epoch_seconds`` (TensorBoard's ``perf/epoch_seconds``, else
+    ``metrics.csv``; one value per epoch, a resumed epoch counted once, its last value), or
+    None without either."""
+    per_epoch = epoch_history(run_dir, "epoch_seconds")
     return sum(per_epoch.values()) if per_epoch else None
 
 
