@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp.data.images import ImageSplits
 from aeexp.data.vector_stream import StreamedVectors
+from aeexp.evaluation.baseline_cache import fingerprint
 from aeexp.registry import DATASETS
 from aeexp.runs import RunDirError
 
@@ -37,6 +38,7 @@ class EvalData:
     test_note: str
     kind: str = "images"
     ground_truth: torch.Tensor | None = None
+    _fingerprints: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -45,6 +47,13 @@ class EvalData:
     @property
     def is_image(self) -> bool:
         return self.kind == "images"
+
+    def fingerprint(self, name: str) -> str:
+        """The digest of the tensor ``name`` (``"train_images"``, ``"test_labels"``, ...): what the
+        baseline cache is keyed by. Worked out once per loaded data set."""
+        if name not in self._fingerprints:
+            self._fingerprints[name] = fingerprint(getattr(self, name))
+        return self._fingerprints[name]
 
     def has_classes(self) -> bool:
         """Whether the training labels name at least two classes (unlabelled vectors are all 0)."""

@@ -2,9 +2,16 @@
 
 Order of work: load and check everything (nothing is written before the run directory,
 its checkpoint and its config have proved good), then the measures, then ``eval/``:
-``metrics.json``, the PNGs and a TensorBoard event file. Everything goes under
+``metrics.json``, the PNGs and a TensorBoard event file. The run's files go under
 ``<run>/eval/``, so the run's own files are never touched; ``tensorboard --logdir
-outputs`` shows the evaluation as a run named ``<run>/eval``.
+outputs`` shows the evaluation as a run named ``<run>/eval``. The baselines, which depend
+on the data and not the model, are shared by the runs of a sweep and kept on disk under the
+run's ``paths.cache_dir`` (``eval.cache``; :mod:`aeexp.evaluation.baseline_cache`).
+
+``eval.level``: ``quick`` measures reconstruction (MSE, SSE, PSNR, FVU) and the code (L0,
+dead features) on validation and test, and the ratio to PCA (plus feature recovery where the
+data knows its true features: a look at the decoder's weights); ``full`` adds denoising, the
+linear probes, kNN, the semi-supervised heads and the figures.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from aeexp.data.images import to_float
-from aeexp.evaluation.baselines import fit_pca, pca_mse, pca_reconstruct
+from aeexp.evaluation.baseline_cache import BaselineCache
+from aeexp.evaluation.baselines import pca_baseline, pca_basis, pixel_probe_baseline
 from aeexp.evaluation.denoising import denoising_metrics
 from aeexp.evaluation.figures import write_figures
 from aeexp.evaluation.loading import EvalData, load_splits
@@ -36,14 +44,12 @@ from aeexp.models.factory import build_model
 
 log = logging.getLogger(__name__)
 
-# Baselines that depend only on the data and the settings, shared by the runs of a sweep.
-_BASELINES: dict[tuple, Any] = {}
 
-
-def _cached(key: tuple, compute):
-    if key not in _BASELINES:
-        _BASELINES[key] = compute()
-    return _BASELINES[key]
+def baseline_cache(cfg: DictConfig, settings: DictConfig) -> BaselineCache:
+    """The run's baseline cache: on disk under its ``paths.cache_dir`` unless ``eval.cache=false``
+    or the run's config predates ``paths`` (then in memory, for this process only)."""
+    folder = cfg.get("paths", {}).get("cache_dir") if settings.cache else None
+    return BaselineCache(folder)
 
 
 class Timer:
@@ -61,21 +67,23 @@ class Timer:
 
 def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device | str = "cpu",
                  dataset_root: str | None = None) -> dict[str, Any]:
-    """Evaluate ``run_dir``'s ``best.pt`` on the test split; write ``<run>/eval/``; return the metrics."""
+    """Evaluate ``run_dir``'s ``best.pt`` on the test split at ``settings.level``; write
+    ``<run>/eval/``; return the metrics."""
     start = time.perf_counter()
     device = torch.device(device)
     s = settings
+    full = s.level == "full"
     run = load_run(run_dir, device=device, dataset_root=dataset_root, trust_targets=s.trust_targets)
     model, cfg = run.model, run.cfg
     data: EvalData = load_splits(cfg)
     labelled = data.is_image or data.has_classes()  # unlabelled vectors (all 0) have nothing to probe
-    if labelled:
+    if full and labelled:
         check_against_data(s, data.train_labels, data.test_labels)  # eval.knn_k etc. against this data, first
-    data_key = OmegaConf.to_yaml(cfg.dataset)
+    cache = baseline_cache(cfg, s)
     timer = Timer()
     monitor = _training_monitor(run.run_dir)
-    log.info("evaluating %s (best.pt from epoch %d, chosen by %s on validation: %s) on test: %s", run.run_dir,
-             run.epoch, monitor, data.val_note, data.test_note)
+    log.info("evaluating %s (best.pt from epoch %d, chosen by %s on validation: %s) on test: %s%s", run.run_dir,
+             run.epoch, monitor, data.val_note, data.test_note, "" if full else " (eval.level=quick)")
 
     metrics: dict[str, Any] = {
         "run_dir": str(run.run_dir), "checkpoint_epoch": run.epoch,
@@ -100,12 +108,9 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
             metrics.pop(f"{split}_psnr", None)
             metrics[f"{split}_explained_variance"] = 1.0 - metrics[f"{split}_fvu"]
 
-    def pca_baseline():
-        fitted = fit_pca(data.train_images, code_size, s.seed)
-        return fitted, pca_mse(fitted, data.test_images)
-
-    pca, metrics["pca_mse"] = timer("pca", lambda: _cached(("pca", data_key, code_size, s.seed), pca_baseline))
-    metrics["pca_components"] = int(pca.n_components_)
+    pca = timer("pca", lambda: pca_baseline(cache, data.train_images, data.fingerprint("train_images"),
+                                            data.test_images, data.fingerprint("test_images"), code_size, s.seed))
+    metrics["pca_mse"], metrics["pca_components"] = float(pca["pca_mse"]), int(pca["pca_components"])
     metrics["pca_sse_per_image"] = metrics["pca_mse"] * data.test_images[0].numel()
     metrics["mse_vs_pca"] = metrics["test_mse"] / metrics["pca_mse"] if metrics["pca_mse"] > 0 else math.inf
     if not data.is_image and metrics["pca_components"] >= math.prod(data.shape):
@@ -114,17 +119,20 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
                  "reconstructs exactly (pca_mse %.3g, rounding): no ratio to PCA", code_size, math.prod(data.shape),
                  metrics["pca_mse"])
 
-    if data.is_image:
+    if full and data.is_image:
         metrics["denoising"] = timer("denoising", lambda: denoising_metrics(
             model, data.test_images, cfg.noise, list(s.noise_levels), s.batch_size, device, s.seed, s.progress))
-    else:
+    elif full:
         metrics["denoising"] = []
         log.info("vectors: denoising at eval.noise_levels is skipped (its levels are pixel noise)")
-    if labelled:
-        _probes(metrics, model, cfg, data, test_codes, s, device, timer, data_key)
-    else:
+    if full and labelled:
+        _probes(metrics, model, cfg, data, test_codes, s, device, timer, cache)
+    elif full:
         log.info("vectors without labels (all 0): the linear probes, kNN and semi-supervised heads are skipped; "
                  "dataset.labels_path=<labels.npy> gives them labels")
+    if cache.reused:
+        log.info("baselines reused from %s (computed by an earlier evaluation of the same data and settings): %s",
+                 cache.folder, ", ".join(cache.reused))
 
     out_dir = run.run_dir / "eval"
     out_dir.mkdir(exist_ok=True)
@@ -132,8 +140,9 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
         old.unlink()  # one evaluation's events at a time, so TensorBoard shows the latest
     writer = SummaryWriter(log_dir=str(out_dir))
     try:
-        if s.figures:
-            pca_images = pca_reconstruct(pca, data.test_images[: s.num_images]).clamp(0, 1).to(device)
+        if full and s.figures:
+            basis = pca_basis(cache, data.train_images, data.fingerprint("train_images"), code_size, s.seed)
+            pca_images = basis.reconstruct(data.test_images[: s.num_images]).clamp(0, 1).to(device)
             metrics["figures"] = timer("figures", lambda: write_figures(
                 model, data, test_codes, pca_images, cfg.noise, s, device, out_dir, writer, run.epoch))
         _log_scalars(writer, metrics, run.epoch)
@@ -146,7 +155,7 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
 
 
 def _probes(metrics: dict[str, Any], model, cfg: DictConfig, data: EvalData, test_codes: torch.Tensor, s: DictConfig,
-            device: torch.device, timer: Timer, data_key: str) -> None:
+            device: torch.device, timer: Timer, cache: BaselineCache) -> None:
     """Linear probes on codes and on the inputs, kNN, and the semi-supervised heads (labels needed)."""
     train_codes = timer("encode_train", lambda: encode_all(
         model, data.train_images, s.batch_size, device, "encoding the training split", s.progress))
@@ -154,8 +163,9 @@ def _probes(metrics: dict[str, Any], model, cfg: DictConfig, data: EvalData, tes
                  progress=s.progress)
     metrics["probe_accuracy"] = timer("probe", lambda: probe_accuracy(
         train_codes, data.train_labels, test_codes, data.test_labels, desc="linear probe on codes", **probe))
-    metrics["pixel_probe_accuracy"] = timer("pixel_probe", lambda: _cached(
-        ("pixel_probe", data_key, tuple(sorted(probe.items()))),
+    ids = {name: data.fingerprint(name) for name in ("train_images", "train_labels", "test_images", "test_labels")}
+    metrics["pixel_probe_accuracy"] = timer("pixel_probe", lambda: pixel_probe_baseline(
+        cache, ids, {k: v for k, v in probe.items() if k != "progress"},
         lambda: probe_accuracy(_pixels(data.train_images), data.train_labels, _pixels(data.test_images),
                                data.test_labels, desc="linear probe on pixels", **probe)))
     metrics["probe_train_size"] = min(s.probe_train_size or len(train_codes), len(train_codes))
@@ -187,7 +197,7 @@ def _log_scalars(writer: SummaryWriter, metrics: dict[str, Any], step: int) -> N
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             writer.add_scalar(f"eval/{key}", value, step)
-    for row in metrics["denoising"]:
+    for row in metrics.get("denoising", []):
         writer.add_scalar(f"eval/denoise_mse/{row['noise']}_{row['level']:g}", row["mse"], step)
         writer.add_scalar(f"eval/noisy_input_mse/{row['noise']}_{row['level']:g}", row["noisy_mse"], step)
 
@@ -225,9 +235,9 @@ def summary_table(metrics: dict[str, Any]) -> str:
         *([f"{'true features':<22}{m['true_features']:>10}, MMCS {m['mmcs']:.4f}, recovered at cosine >= "
            f"{RECOVERY_THRESHOLD:g}: {m['recovered_90']:.1%} (the decoder's columns; any split)"] if "mmcs" in m else []),
     ]
-    if m["denoising"] or image:
+    if m.get("denoising") or (image and "denoising" in m):
         lines += ["", f"{'denoising':<22}{'denoised':>10}{'noisy in':>10}{'PSNR':>15}"]
-    for row in m["denoising"]:
+    for row in m.get("denoising", []):
         lines.append(f"{'  ' + row['noise'] + ' ' + format(row['level'], 'g'):<22}{_fmt(row['mse']):>10}"
                      f"{_fmt(row['noisy_mse']):>10}{row['noisy_psnr']:>7.2f} -> {row['psnr']:.2f}")
     if "probe_accuracy" in m:
@@ -243,6 +253,9 @@ def summary_table(metrics: dict[str, Any]) -> str:
     for row in m.get("semi_supervised", []):
         lines.append(f"{'  ' + str(row['labels_per_class']) + ' labels/class':<22}{row['frozen']:>10.4f}"
                      f"{row['fine_tuned']:>12.4f}{row['scratch']:>10.4f}")
+    if m.get("settings", {}).get("level") == "quick":
+        lines += ["", "eval.level=quick: denoising, probes, kNN, semi-supervised heads and figures not measured "
+                  "(eval.level=full measures them)"]
     if "seconds" in m:
         lines += ["", f"evaluated in {m['seconds']['total']:.1f} s; files in {Path(m['run_dir']) / 'eval'}"]
     return "\n".join(lines)

@@ -13,13 +13,19 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from aeexp.config import ConfigError, check_node, require, require_seed
+from aeexp.config import ConfigError, check_node, require, require_choice, require_seed
+
+# What each eval.level measures (README, Evaluate). quick: what a sweep's table is sorted and
+# read by, in seconds; full: everything, for the runs worth a closer look.
+LEVELS = ("quick", "full")
 
 
 @dataclass
 class EvalSettings:
     """``conf/eval.yaml``'s ``eval`` node; the README's Evaluate section explains each key."""
 
+    level: Optional[str] = "full"
+    cache: bool = True
     batch_size: int = 2048
     noise_levels: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5])
     probe_train_size: Optional[int] = None
@@ -43,6 +49,7 @@ class EvalSettings:
     trust_targets: bool = False
 
     def __post_init__(self) -> None:
+        require_choice("level", self.level, LEVELS)
         for key in ("batch_size", "probe_max_iter", "knn_k", "head_hidden", "head_steps", "head_batch_size",
                     "num_images", "code_samples", "scatter_samples"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
