@@ -141,8 +141,11 @@ def test_vectors_plot_fvu_and_without_l0_the_sparsity_weight(tmp_path):
     x_key, y_key, points, _ = frontier_points(tmp_path, rows, [])
     assert (x_key, y_key) == ("test_l0", "test_fvu") and sorted(p[1] for p in points) == [0.2, 0.5, 0.7, 0.9]
     rows[0].pop("test_l0")
-    x_key, _, points, _ = frontier_points(tmp_path, rows, [])
+    x_key, _, points, labels = frontier_points(tmp_path, rows, [])
     assert x_key == "sparsity.weight" and [p[0] for p in points] == [0.1] * 4  # from each run's config.yaml
+    assert sorted(labels) == ["0", "1", "2", "3"]  # nothing varied to name them by: their folders
+    _, _, _, labels = frontier_points(tmp_path, rows, ["selected_by"])  # the same label for all: folders added
+    assert sorted(labels) == [f"selected_by=val_mse ({job})" for job in "0123"]
 
 
 def png_size(path: Path) -> tuple[int, int]:

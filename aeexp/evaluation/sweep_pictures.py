@@ -175,8 +175,12 @@ def heatmap_figure(values: list[list[float]], row_key: str, row_values: list[str
     return figure
 
 
-def _label(row: dict[str, Any], identity: list[str]) -> str:
-    return " ".join(f"{k}={row.get(k, '')}" for k in identity) or str(row["run"])
+def _labels(runs: list[dict[str, Any]], identity: list[str]) -> list[str]:
+    """What the sweep varied, ``model.latent_dim=8 sparsity=topk``; the run's folder where that
+    is nothing, or added where two runs would otherwise share a label."""
+    labels = [" ".join(f"{k}={r.get(k, '')}" for k in identity) for r in runs]
+    return [str(r["run"]) if not label else f"{label} ({r['run']})" if labels.count(label) > 1 else label
+            for label, r in zip(labels, runs)]
 
 
 def _number(value: Any) -> float | None:
@@ -198,7 +202,7 @@ def validation_curves(root: Path, runs: list[dict[str, Any]], identity: list[str
     ``{epoch: value}`` of it (TensorBoard scalars, else ``metrics.csv``), by label; runs
     without it are left out."""
     key = monitor if monitor in HISTORY_TAGS else "val_mse"
-    curves = {_label(r, identity): epoch_history(root / str(r["run"]), key) for r in runs}
+    curves = {label: epoch_history(root / str(r["run"]), key) for label, r in zip(_labels(runs, identity), runs)}
     return key, {label: history for label, history in curves.items() if history}
 
 
@@ -210,12 +214,12 @@ def frontier_points(root: Path, runs: list[dict[str, Any]],
     y_key = "test_fvu" if all(r.get("kind") == "vectors" for r in runs) else "test_mse"
     x_key = "test_l0" if all(_number(r.get("test_l0")) is not None for r in runs) else "sparsity.weight"
     points, labels = [], []
-    for r in runs:
+    for r, label in zip(runs, _labels(runs, identity)):
         x = _number(r.get("test_l0")) if x_key == "test_l0" else _sparsity_weight(root / str(r["run"]))
         y = _number(r.get(y_key))
         if x is not None and y is not None:
             points.append((x, y))
-            labels.append(_label(r, identity))
+            labels.append(label)
     return x_key, y_key, points, labels
 
 
