@@ -12,6 +12,9 @@ the sweep's process marks the sweep folder interrupted; the running jobs (in thi
 or in the launcher's workers, which poll the mark) save their place in ``last.pt`` and
 stop, no further job starts, and the sweep exits with 128 + the signal number.
 ``trainer.resume=true`` then finishes it.
+
+A SLURM launcher on a machine without SLURM's commands is refused in one line when the
+sweep starts, before anything is written (submitit would fail with a traceback).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -31,6 +35,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp.checkpoints import write_json
+from aeexp.config import ConfigError
 from aeexp.training.interrupts import SIGNALS
 
 log = logging.getLogger(__name__)
@@ -125,6 +130,24 @@ def sweep_statuses(sweep_dir: Path) -> dict[Path, dict[str, Any]]:
     return statuses
 
 
+SLURM_COMMANDS = ("sbatch", "srun")
+"""What submitit's SLURM launcher runs: without them it fails with a traceback after composing."""
+
+
+def check_launcher_available(config: DictConfig) -> None:
+    """Refuse a SLURM launcher (``hydra/launcher=submitit_slurm``, or a config built on it)
+    where SLURM's commands are not on the PATH, as a ConfigError naming the ways to run."""
+    target = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    if not target.endswith("submitit_launcher.SlurmLauncher"):
+        return
+    missing = [command for command in SLURM_COMMANDS if shutil.which(command) is None]
+    if missing:
+        choice = OmegaConf.select(config, "hydra.runtime.choices", default={}).get("hydra/launcher", "submitit_slurm")
+        raise ConfigError("hydra/launcher", f"got {choice!r}, but SLURM's {' and '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not on this machine's PATH; run this command on "
+                          "the cluster's login node, or here with hydra/launcher=submitit_local, joblib or ray")
+
+
 class FailureReport(Callback):
     """Lists the jobs of a sweep that did not complete (exit 1), and turns SIGTERM / SIGINT
     into a clean end of the sweep (exit 128 + signal)."""
@@ -135,6 +158,11 @@ class FailureReport(Callback):
         self._previous: dict[int, Any] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_launcher_available(config)
+        except ConfigError as err:
+            log.error("%s", err)  # one line, before anything is written
+            sys.exit(2)
         self.sweep_dir = Path(config.hydra.sweep.dir)
         for name in (REFUSED, INTERRUPTED):  # a rerun starts with a clean slate
             (self.sweep_dir / name).unlink(missing_ok=True)
