@@ -109,7 +109,11 @@ class RunLog:
     def __enter__(self) -> "RunLog":
         config = _plain(self.cfg)
         for tracker in self.trackers:
-            tracker.start(config)
+            try:
+                tracker.start(config)
+            except BaseException:  # e.g. an MLflow server that does not answer: the others end cleanly
+                self._finish_trackers("failed", self.recorded, self.cfg)
+                raise
             self.running.append(tracker)
         return self
 
@@ -139,7 +143,6 @@ class RunLog:
     def failed(self, err: BaseException) -> dict[str, Any]:
         metrics = {**self.recorded, "status": "failed", "error": f"{type(err).__name__}: {err}"}
         write_json(self.run_dir / "metrics.json", metrics)
-        self.recorded = dict(metrics)
         try:
             self._finish_trackers("failed", metrics, self.cfg)
         except Exception as tracker_err:  # the run's own error is the one to raise
