@@ -25,6 +25,7 @@ from torch import nn
 from aeexp.data.images import epoch_order, index_batches
 from aeexp.pictures import training_pictures
 from aeexp.stacked.members import Member
+from aeexp.sparsity.base import Sparsity
 from aeexp.stacked.weights import StackedWeights
 from aeexp.training import model_hooks
 from aeexp.training.interrupts import InterruptWatch, TrainingInterrupted
@@ -33,6 +34,11 @@ from aeexp.training.run_log import EpochRecord
 from aeexp.training.validation import validation_codes
 
 log = logging.getLogger(__name__)
+
+
+def _has(bottleneck: nn.Module, method: str) -> bool:
+    """Whether a sparsity module has its own ``penalty`` / ``auxiliary`` (Sparsity's are zero)."""
+    return getattr(type(bottleneck), method, None) is not getattr(Sparsity, method)
 
 
 class StackedTraining:
@@ -197,14 +203,21 @@ class StackedTraining:
         else:
             inputs = clean
         x_hat, z, code = weights.forward_parts(inputs)
-        rows = []
-        for i, member in enumerate(members):
+        # Each member's MSE in one pass over the stack (F.mse_loss's mean, per member); the
+        # penalty and auxiliary loss from each member's own sparsity module (unbind, not
+        # indexing: its backward is one stack of the members' gradients).
+        mse = F.mse_loss(x_hat.float(), clean, reduction="none").flatten(1).mean(1)
+        extras = []
+        for member, zi, ci, cl, xh in zip(members, z.unbind(), code.unbind(), clean.unbind(), x_hat.unbind()):
             model = member.trainer.model
-            mse = F.mse_loss(x_hat[i].float(), clean[i])
-            penalty = model.bottleneck.penalty(z[i].float())
-            aux = model.bottleneck.auxiliary(code[i], clean[i] - x_hat[i].float(), model.decode)
-            rows.append(torch.stack([mse + penalty + aux, mse, penalty, aux]))
-        terms = torch.stack(rows)
+            if _has(model.bottleneck, "penalty") or _has(model.bottleneck, "auxiliary"):
+                penalty = model.bottleneck.penalty(zi.float())
+                aux = model.bottleneck.auxiliary(ci, cl - xh.float(), model.decode)
+                extras.append(torch.stack([penalty, aux]))
+            else:  # zero, as Sparsity's own penalty and auxiliary are
+                extras.append(mse.new_zeros(2))
+        penalty, aux = torch.stack(extras).unbind(1)
+        terms = torch.stack([mse + penalty + aux, mse, penalty, aux], dim=1)
         weights.zero_grad()
         terms[live, 0].sum().backward()  # member i's gradient is its own loss's: the others do not depend on its slice
         weights.hand_out_grads(live)
