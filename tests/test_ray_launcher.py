@@ -139,3 +139,16 @@ def test_a_job_whose_worker_dies_is_a_failed_job_the_sweep_lists(cluster, tmp_pa
     assert exited.value.code == 1
     assert "0 of 1 runs completed" in caplog.text
     assert "0-model.latent_dim=8: lost: WorkerCrashedError" in caplog.text
+
+
+def test_a_job_that_reserved_no_gpu_sees_none(cluster):
+    from aeexp.launchers.ray import hide_unreserved_gpus
+
+    @ray.remote(num_gpus=0)
+    def visible_devices():
+        import os
+
+        hide_unreserved_gpus()
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    assert ray.get(visible_devices.remote()) == ""  # Ray leaves the variable unset for such tasks

@@ -6,7 +6,8 @@ that is already running instead. ``hydra.launcher.ray.init`` holds ``ray.init``'
 ``hydra.launcher.ray.remote`` each job's share (``ray.remote``'s options: ``num_cpus``,
 ``num_gpus``, ``memory``, ...); keys left null are not passed. A job with ``num_cpus: N``
 and ``trainer.num_threads=null`` runs torch on N threads (:mod:`aeexp.threads`); one
-with ``num_gpus: 0`` sees no GPU (Ray hides them), so GPU jobs need ``num_gpus: 1``.
+with ``num_gpus: 1`` sees the GPU Ray gave it, one with ``num_gpus: 0`` sees none
+(:func:`hide_unreserved_gpus`) and trains on the CPU.
 
 Jobs are composed and run as Hydra's own launchers do (``load_sweep_config``, the job
 number, ``run_job`` in the worker), so folders, ``metrics.json``, refusals and
@@ -32,6 +33,7 @@ Why not the ``hydra-ray-launcher`` plugin (1.2.2, which does the same in its loc
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -80,10 +82,21 @@ def start_ray(init: dict[str, Any]) -> None:
     log.info("Ray cluster resources: %s", ray.cluster_resources())
 
 
+def hide_unreserved_gpus() -> None:
+    """In a Ray task that reserved no GPU, hide the machine's GPUs (``CUDA_VISIBLE_DEVICES=""``),
+    so that ``device=auto`` trains on the CPU instead of sharing a GPU with the jobs that
+    reserved it. Ray itself sets the variable only for tasks that reserved GPUs."""
+    import ray
+
+    if not ray.get_runtime_context().get_accelerator_ids().get("GPU"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def run_job_in_worker(hydra_context: HydraContext, sweep_config: DictConfig, task_function: TaskFunction,
                       singleton_state: dict[Any, Any]) -> JobReturn:
     """One job, in a Ray worker: Hydra's global state as the sweep's process had it, then
     Hydra's ``run_job`` (the job's folder, its log file, the callbacks, the task)."""
+    hide_unreserved_gpus()
     setup_globals()
     Singleton.set_state(singleton_state)
     HydraConfig.instance().set_config(sweep_config)
