@@ -295,8 +295,9 @@ def check_logger(node: Any, installed: bool = True) -> dict[str, Any]:
         out[name] = check_node(f"logger.{name}", options if options is not None else {}, TRACKERS.schema(name))
         package = TRACKERS.get(name).requires
         if installed and package and importlib.util.find_spec(package) is None:
+            others = ", ".join(n for n in TRACKERS.names() if n != name)
             raise ConfigError("logger", f"got {name!r}, but {package} is not installed: pip install aeexp[{name}] "
-                              f"(or choose other trackers: {names})")
+                              f"(or choose other trackers: {others})")
     return out
 
 

@@ -100,7 +100,7 @@ def test_mlflow_not_installed_is_one_line_naming_logger_and_the_install(monkeypa
     with pytest.raises(ConfigError) as info:
         validate(cfg)
     assert str(info.value) == ("logger: got 'mlflow', but mlflow is not installed: pip install aeexp[mlflow] "
-                               "(or choose other trackers: csv, mlflow, tensorboard)")
+                               "(or choose other trackers: csv, tensorboard)")
     validate(cfg, trackers_installed=False)  # load_run: evaluating an MLflow run needs no MLflow
     validate(compose())  # the default needs nothing more
 
