@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -75,7 +76,13 @@ def start_ray(init: dict[str, Any]) -> None:
     handlers = {signum: signal.getsignal(signum) for signum in SIGNALS} if in_main_thread else {}
     where = f"joining the Ray cluster at {init['address']}" if init.get("address") else "starting a local Ray cluster"
     log.info("%s (ray.init: %s)", where, ", ".join(f"{k}={v}" for k, v in init.items()) or "defaults")
-    ray.init(**init)
+    try:
+        ray.init(**init)
+    except (ConnectionError, ValueError, RuntimeError) as err:  # no cluster there, arguments Ray refuses
+        message = " ".join(str(err).split())
+        log.error("hydra.launcher.ray.init: ray.init(%s) failed: %s", ", ".join(f"{k}={v!r}" for k, v in init.items()),
+                  message)  # one line, before any job
+        sys.exit(2)
     for signum, handler in handlers.items():
         if handler is not None:
             signal.signal(signum, handler)
