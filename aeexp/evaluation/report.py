@@ -73,14 +73,15 @@ def evaluate_run(run_dir: Path | str, settings: DictConfig, device: torch.device
     device = torch.device(device)
     s = settings
     full = s.level == "full"
-    run = load_run(run_dir, device=device, dataset_root=dataset_root, trust_targets=s.trust_targets)
+    timer = Timer()
+    run = timer("load_run", lambda: load_run(run_dir, device=device, dataset_root=dataset_root,
+                                             trust_targets=s.trust_targets))
     model, cfg = run.model, run.cfg
-    data: EvalData = load_splits(cfg)
+    data: EvalData = timer("load_data", lambda: load_splits(cfg))  # read once per process: a sweep shares it
     labelled = data.is_image or data.has_classes()  # unlabelled vectors (all 0) have nothing to probe
     if full and labelled:
         check_against_data(s, data.train_labels, data.test_labels)  # eval.knn_k etc. against this data, first
     cache = baseline_cache(cfg, s)
-    timer = Timer()
     monitor = _training_monitor(run.run_dir)
     log.info("evaluating %s (best.pt from epoch %d, chosen by %s on validation: %s) on test: %s%s", run.run_dir,
              run.epoch, monitor, data.val_note, data.test_note, "" if full else " (eval.level=quick)")
