@@ -156,8 +156,10 @@ def test_resume_continues_each_member_from_its_own_last_checkpoint(tmp_path, lon
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu.sh runs it)")
 def test_stacked_members_match_their_lone_runs_on_cuda(tmp_path):
-    """On the GPU: noise drawn from each member's own CUDA stream, batched kernels; the
-    comparison allows GPU reduction order (1e-4)."""
+    """On the GPU: noise drawn from each member's own CUDA stream, batched kernels. On an
+    H200 the per-epoch losses agreed to 1e-7 (noise included: a different noise draw would
+    differ by about 1e-3), but batched kernels' rounding drifts the weights of some members to
+    7e-5 in 3 epochs and one figure (val_mean_activation) to 1.6e-4: compared at 1e-3."""
     configs = [tiny("device=cuda", "noise=gaussian", f"noise.std={std}", f"optimizer.lr={lr}", f"seed={seed}")
                for std, lr, seed in ((0.1, 1e-3, 0), (0.2, 3e-3, 1), (0.1, 3e-3, 2))]
     for i, cfg in enumerate(configs):
@@ -165,7 +167,7 @@ def test_stacked_members_match_their_lone_runs_on_cuda(tmp_path):
     members = train_stacked(configs, [tmp_path / f"stacked{i}" for i in range(len(configs))])
     assert all(m.outcome["status"] == "completed" for m in members)
     for i in range(len(configs)):
-        assert_same_run(tmp_path / f"stacked{i}", tmp_path / f"alone{i}", rtol=1e-4)
+        assert_same_run(tmp_path / f"stacked{i}", tmp_path / f"alone{i}", rtol=1e-3)
 
 
 # --------------------------------------------------------------- the launcher (slow)

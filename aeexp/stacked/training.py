@@ -41,6 +41,41 @@ def _has(bottleneck: nn.Module, method: str) -> bool:
     return getattr(type(bottleneck), method, None) is not getattr(Sparsity, method)
 
 
+def step_optimizers(optimizers: list[torch.optim.Optimizer]) -> None:
+    """``optimizer.step()`` for each, in one call for those of the same class and settings
+    (members that differ only in seed, or share a learning rate).
+
+    The first of such a set steps the others' parameters with its own: for that call its one
+    parameter group lists theirs too and its state holds theirs (the same state objects,
+    handed back afterwards, so each optimizer's ``state_dict`` is what its own step would have
+    made). Optimizers update each parameter from its own gradient and state alone, so this is
+    each one's step, in fewer calls (one foreach kernel group instead of one per member).
+    """
+    sets: dict[tuple, list[torch.optim.Optimizer]] = {}
+    for optimizer in optimizers:
+        if len(optimizer.param_groups) != 1:
+            optimizer.step()
+            continue
+        settings = sorted((k, repr(v)) for k, v in optimizer.param_groups[0].items() if k != "params")
+        sets.setdefault((type(optimizer), tuple(settings)), []).append(optimizer)
+    for lead, *others in sets.values():
+        group = lead.param_groups[0]
+        own = group["params"]
+        borrowed = [p for other in others for p in other.param_groups[0]["params"]]
+        for other in others:
+            lead.state.update(other.state)
+        group["params"] = own + borrowed
+        try:
+            lead.step()
+        finally:
+            group["params"] = own
+            for other in others:
+                for p in other.param_groups[0]["params"]:
+                    if p in lead.state:
+                        other.state[p] = lead.state.pop(p)
+                other._opt_called = True  # what its own step() tells an LR scheduler
+
+
 class StackedTraining:
     """Fit every member; each member's ``outcome`` ends as its final metrics or the
     exception that ended it (a lone run's ``fit`` would have raised it)."""
@@ -207,26 +242,28 @@ class StackedTraining:
         # penalty and auxiliary loss from each member's own sparsity module (unbind, not
         # indexing: its backward is one stack of the members' gradients).
         mse = F.mse_loss(x_hat.float(), clean, reduction="none").flatten(1).mean(1)
-        extras = []
-        for member, zi, ci, cl, xh in zip(members, z.unbind(), code.unbind(), clean.unbind(), x_hat.unbind()):
-            model = member.trainer.model
-            if _has(model.bottleneck, "penalty") or _has(model.bottleneck, "auxiliary"):
+        bottlenecks = [m.trainer.model.bottleneck for m in members]
+        if any(_has(b, "penalty") or _has(b, "auxiliary") for b in bottlenecks):
+            extras = []
+            for member, zi, ci, cl, xh in zip(members, z.unbind(), code.unbind(), clean.unbind(), x_hat.unbind()):
+                model = member.trainer.model
                 penalty = model.bottleneck.penalty(zi.float())
                 aux = model.bottleneck.auxiliary(ci, cl - xh.float(), model.decode)
                 extras.append(torch.stack([penalty, aux]))
-            else:  # zero, as Sparsity's own penalty and auxiliary are
-                extras.append(mse.new_zeros(2))
-        penalty, aux = torch.stack(extras).unbind(1)
+            penalty, aux = torch.stack(extras).unbind(1)
+        else:  # zero, as Sparsity's own penalty and auxiliary are
+            penalty = aux = torch.zeros_like(mse)
         terms = torch.stack([mse + penalty + aux, mse, penalty, aux], dim=1)
         weights.zero_grad()
         terms[live, 0].sum().backward()  # member i's gradient is its own loss's: the others do not depend on its slice
         weights.hand_out_grads(live)
-        for i in live:
-            t = members[i].trainer
+        trainers = [members[i].trainer for i in live]
+        for t in trainers:
             model_hooks.before_optimizer_step(t.model)
             if t.settings.grad_clip is not None:
                 nn.utils.clip_grad_norm_(t.model.parameters(), t.settings.grad_clip)
-            t.optimizer.step()
+        step_optimizers([t.optimizer for t in trainers])
+        for t in trainers:
             model_hooks.after_optimizer_step(t.model)
             t.global_step += 1
         return terms.detach()

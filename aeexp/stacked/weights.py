@@ -39,6 +39,7 @@ class StackedWeights:
         self.template = _Parts(copy.deepcopy(models[0])).train()  # the structure functional_call runs
         self.params = self._stack([dict(m.named_parameters()) for m in self.models], grad=True)
         self.buffers = self._stack([dict(m.named_buffers()) for m in self.models], grad=False)
+        self._member_params = [{f"model.{n}": p for n, p in m.named_parameters()} for m in self.models]
         self._forward = vmap(self._one, in_dims=(0, 0, 0))
 
     @staticmethod
@@ -67,7 +68,6 @@ class StackedWeights:
     def hand_out_grads(self, members: list[int]) -> None:
         """Each listed member's ``.grad``: its slice of the stacked gradient (a view, so what
         the member's hooks and gradient clipping do in place lands in the member's slice)."""
-        per_member = [dict(m.named_parameters()) for m in self.models]
         for name, big in self.params.items():
             for i in members:
-                per_member[i][name.removeprefix("model.")].grad = None if big.grad is None else big.grad[i]
+                self._member_params[i][name].grad = None if big.grad is None else big.grad[i]
