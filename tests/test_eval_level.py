@@ -205,6 +205,18 @@ def test_a_cache_file_that_would_run_code_is_refused(tmp_path, payload, caplog):
     forget_memory()
 
 
+def test_a_cache_folder_that_cannot_be_written_costs_one_warning(tmp_path, caplog):
+    (tmp_path / FOLDER).write_text("a file where the cache folder should be")
+    caplog.set_level(logging.WARNING)
+    forget_memory()
+    for run in range(2):  # each run of a sweep makes its own BaselineCache
+        cache = BaselineCache(tmp_path)
+        assert cache.get("demo", {"run": run}, lambda: {"value": float(run)}) == {"value": float(run)}
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "cannot be written" in warning and "\n" not in warning
+    forget_memory()
+
+
 @pytest.mark.parametrize("value", ["fast", "QUICK", 1, None])
 def test_bad_level_is_one_line_naming_key_value_and_choices(value):
     with pytest.raises(ConfigError) as error:

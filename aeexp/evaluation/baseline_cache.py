@@ -36,6 +36,7 @@ FOLDER = "eval_baselines"
 Values = dict[str, Any]  # tensors and plain numbers
 
 _MEMORY: dict[str, Values] = {}  # digest -> values, shared by the runs a process evaluates
+_UNWRITABLE: set[Path] = set()  # cache folders that refused a write: warned about once per process
 
 
 def fingerprint(tensor: torch.Tensor) -> str:
@@ -59,7 +60,6 @@ class BaselineCache:
     def __init__(self, folder: Path | str | None):
         self.folder = Path(folder) / FOLDER if folder is not None else None
         self.reused: list[str] = []
-        self._write_failed = False
 
     def get(self, name: str, key: dict[str, Any], compute: Callable[[], Values], label: str | None = None) -> Values:
         """The values of baseline ``name`` for ``key``: from memory, else from disk, else
@@ -94,12 +94,12 @@ class BaselineCache:
             return None
 
     def _write(self, path: Path, text: str, values: Values) -> None:
-        if self._write_failed:
+        if path.parent in _UNWRITABLE:
             return
         try:
             save_checkpoint(path, {"key": text, "values": values})  # temporary file, then os.replace
         except OSError as err:
-            self._write_failed = True
+            _UNWRITABLE.add(path.parent)
             log.warning("baseline cache %s cannot be written (%s): baselines are kept in memory only "
                         "(eval.cache=false stops trying)", path.parent, err.strerror or err)
 
@@ -107,3 +107,4 @@ class BaselineCache:
 def forget_memory() -> None:
     """Empty the in-process entries (the next lookup reads the disk): for tests and benchmarks."""
     _MEMORY.clear()
+    _UNWRITABLE.clear()
