@@ -61,10 +61,13 @@ def assert_same_run(stacked: Path, alone: Path, rtol: float = RTOL) -> None:
             continue
         assert mine[key] == (pytest.approx(value, rel=rtol) if isinstance(value, float) else value), key
     for which in ("last", "best"):
-        a, b = (load_checkpoint(d / "checkpoints" / f"{which}.pt") for d in (stacked, alone))
+        path = Path("checkpoints") / f"{which}.pt"
+        a, b = (load_checkpoint(d / path) for d in (stacked, alone))
         assert a.keys() == b.keys()
-        for name, tensor in b["model"].items():
-            torch.testing.assert_close(a["model"][name], tensor, rtol=rtol, atol=1e-6)
+        for name, tensor in b["model"].items():  # to rtol of the largest weight (GPU rounding moves small ones)
+            torch.testing.assert_close(a["model"][name], tensor, rtol=rtol, atol=max(1e-6, rtol * tensor.abs().max()))
+        # a member's file holds its own weights only, not the stack they trained in
+        assert (stacked / path).stat().st_size <= (alone / path).stat().st_size + 1024
         assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import torch
@@ -76,6 +77,16 @@ def step_optimizers(optimizers: list[torch.optim.Optimizer]) -> None:
                 other._opt_called = True  # what its own step() tells an LR scheduler
 
 
+def _save(trainer, record: EpochRecord, improved: bool, state: dict | None = None) -> BaseException | None:
+    """A member's files of the epoch, as Trainer._run_epoch writes them; the error, if any."""
+    try:
+        trainer.checkpoints.save(state, best=improved, on_best_saved=lambda: trainer.run_log.best_saved(trainer.metrics))
+        trainer.run_log.write(trainer.metrics)
+    except Exception as err:  # noqa: BLE001  (reported for that member on the main thread)
+        return err
+    return None
+
+
 class StackedTraining:
     """Fit every member; each member's ``outcome`` ends as its final metrics or the
     exception that ended it (a lone run's ``fit`` would have raised it)."""
@@ -133,19 +144,33 @@ class StackedTraining:
 
     # ---------------------------------------------------------------- epoch
     def _run_epoch(self, members: list[Member], epoch: int) -> None:
+        """Train every member one epoch together, then close each member's epoch: validate,
+        step the scheduler, save, log. The members' checkpoints and metrics.json are written
+        in parallel threads (each member's in its lone run's order: best.pt, last.pt, then
+        metrics.json): a lone run waits for its files to reach the disk, and N members would
+        wait N times as long one after another. Training resumes once all have landed."""
         start = time.perf_counter()
         train = self._train_epoch(members, epoch)
         train_seconds = time.perf_counter() - start
+        closing = []
         for member, figures in zip(members, train):
             if not member.done:
                 with member.scope():
-                    self._guard(member, lambda m: self._end_epoch(m, epoch, figures, start, train_seconds))
-                if not member.done and member.trainer._stage_done():
-                    self._finish(member)
+                    self._guard(member, lambda m: closing.append(
+                        (m, self._close_epoch(m, epoch, figures, start, train_seconds))))
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(closing)))) as pool:
+            errors = list(pool.map(lambda item: _save(item[0].trainer, item[1][0], item[1][1], item[1][2]), closing))
+        for (member, (record, improved, _, val)), error in zip(closing, errors):
+            with member.scope():
+                self._guard(member, lambda m: self._log_epoch(m, epoch, record, improved, val, error))
+            if not member.done and member.trainer._stage_done():
+                self._finish(member)
 
-    def _end_epoch(self, member: Member, epoch: int, train: dict[str, float], start: float,
-                   train_seconds: float) -> None:
-        """Trainer._run_epoch after its train_epoch: validate, scheduler, best, save, log."""
+    def _close_epoch(self, member: Member, epoch: int, train: dict[str, float], start: float,
+                     train_seconds: float) -> tuple[EpochRecord, bool, dict, dict]:
+        """Trainer._run_epoch after its train_epoch, up to its save: validate, scheduler,
+        best, the epoch's record and the checkpoint's state (taken here, in the member's
+        random streams)."""
         t = member.trainer
         val = t.validate()
         score = val[t.monitor]
@@ -160,8 +185,14 @@ class StackedTraining:
         # epoch_seconds: the stacked pass over every member's epoch plus this member's own end of epoch
         record = EpochRecord.of(t, train, val, lr, time.perf_counter() - start, train_seconds)
         t.metrics = record.as_dict()
-        t.checkpoints.save(t.state_dict(), best=improved, on_best_saved=lambda: t.run_log.best_saved(t.metrics))
-        t.run_log.write(t.metrics)
+        return record, improved, t.state_dict(), val
+
+    def _log_epoch(self, member: Member, epoch: int, record: EpochRecord, improved: bool, val: dict,
+                   error: BaseException | None) -> None:
+        """Trainer._run_epoch after its save: the epoch's line and scalars, pictures."""
+        if error is not None:
+            raise error
+        t = member.trainer
         t.run_log.epoch(record, val["firing_rate"], improved)
         every = t.settings.image_every
         if every and (epoch % every == 0 or epoch == 1 or t._stage_done()):

@@ -19,6 +19,13 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 
+def _own_copies(module: nn.Module, state: dict, prefix: str, metadata: dict) -> None:
+    """A member's state dict holds copies of its own tensors: saved as they are, views into
+    the stack would carry every member's weights into each member's checkpoint."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        state[key] = state[key].clone()
+
+
 class _Parts(nn.Module):
     """``forward`` = the model's ``forward_parts`` (what functional_call can call)."""
 
@@ -40,6 +47,10 @@ class StackedWeights:
         self.params = self._stack([dict(m.named_parameters()) for m in self.models], grad=True)
         self.buffers = self._stack([dict(m.named_buffers()) for m in self.models], grad=False)
         self._member_params = [{f"model.{n}": p for n, p in m.named_parameters()} for m in self.models]
+        for model in self.models:
+            if not getattr(model, "_aeexp_own_copies", False):
+                model.register_state_dict_post_hook(_own_copies)
+                model._aeexp_own_copies = True
         self._forward = vmap(self._one, in_dims=(0, 0, 0))
 
     @staticmethod
