@@ -49,9 +49,11 @@ def scalars(run_dir: Path, tag: str) -> list[float]:
     return [event.value for event in events.Scalars(tag)]
 
 
-def assert_same_run(stacked: Path, alone: Path, rtol: float = RTOL) -> None:
+def assert_same_run(stacked: Path, alone: Path, rtol: float = RTOL, weight_rtol: float | None = None) -> None:
     """Per-epoch training and validation figures, metrics.json and the weights of last.pt
-    and best.pt agree (float tolerance; timings aside)."""
+    and best.pt agree (float tolerance; timings aside; weights to ``weight_rtol`` of each
+    tensor's largest, ``rtol`` unless given)."""
+    weight_rtol = rtol if weight_rtol is None else weight_rtol
     for tag in ("train/loss", "train/mse", "val/mse", "lr"):
         assert scalars(stacked, tag) == pytest.approx(scalars(alone, tag), rel=rtol), tag
     mine, theirs = (json.loads((d / "metrics.json").read_text()) for d in (stacked, alone))
@@ -64,8 +66,9 @@ def assert_same_run(stacked: Path, alone: Path, rtol: float = RTOL) -> None:
         path = Path("checkpoints") / f"{which}.pt"
         a, b = (load_checkpoint(d / path) for d in (stacked, alone))
         assert a.keys() == b.keys()
-        for name, tensor in b["model"].items():  # to rtol of the largest weight (GPU rounding moves small ones)
-            torch.testing.assert_close(a["model"][name], tensor, rtol=rtol, atol=max(1e-6, rtol * tensor.abs().max()))
+        for name, tensor in b["model"].items():  # relative to the largest weight (rounding moves small ones)
+            torch.testing.assert_close(a["model"][name], tensor, rtol=weight_rtol,
+                                       atol=max(1e-6, weight_rtol * tensor.abs().max()))
         # a member's file holds its own weights only, not the stack they trained in
         assert (stacked / path).stat().st_size <= (alone / path).stat().st_size + 1024
         assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
@@ -160,9 +163,10 @@ def test_resume_continues_each_member_from_its_own_last_checkpoint(tmp_path, lon
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu.sh runs it)")
 def test_stacked_members_match_their_lone_runs_on_cuda(tmp_path):
     """On the GPU: noise drawn from each member's own CUDA stream, batched kernels. On an
-    H200 the per-epoch losses agreed to 1e-7 (noise included: a different noise draw would
-    differ by about 1e-3), but batched kernels' rounding drifts the weights of some members to
-    7e-5 in 3 epochs and one figure (val_mean_activation) to 1.6e-4: compared at 1e-3."""
+    H200 the per-epoch training losses agreed to 1e-7 (a different noise draw would move them
+    by about 1e-3), so they are held to 1e-5; the batched kernels' rounding (cuBLAS picks other
+    reductions for batched products) drifts single weights by up to 1e-3 of the largest in 3
+    epochs and one validation figure (val_mean_activation) by 1.6e-4: those at 1e-3 and 1e-2."""
     configs = [tiny("device=cuda", "noise=gaussian", f"noise.std={std}", f"optimizer.lr={lr}", f"seed={seed}")
                for std, lr, seed in ((0.1, 1e-3, 0), (0.2, 3e-3, 1), (0.1, 3e-3, 2))]
     for i, cfg in enumerate(configs):
@@ -170,7 +174,9 @@ def test_stacked_members_match_their_lone_runs_on_cuda(tmp_path):
     members = train_stacked(configs, [tmp_path / f"stacked{i}" for i in range(len(configs))])
     assert all(m.outcome["status"] == "completed" for m in members)
     for i in range(len(configs)):
-        assert_same_run(tmp_path / f"stacked{i}", tmp_path / f"alone{i}", rtol=1e-3)
+        stacked, alone = tmp_path / f"stacked{i}", tmp_path / f"alone{i}"
+        assert scalars(stacked, "train/loss") == pytest.approx(scalars(alone, "train/loss"), rel=1e-5)
+        assert_same_run(stacked, alone, rtol=1e-3, weight_rtol=1e-2)
 
 
 # --------------------------------------------------------------- the launcher (slow)

@@ -10,6 +10,7 @@ normal path, with one log line saying why.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,9 @@ def _choice(cfg: DictConfig, group: str) -> str:
 
 def unsupported_reason(cfg: DictConfig) -> str | None:
     """Why a job cannot train stacked at all (None: it can)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        return f"under torchrun (WORLD_SIZE={world}) each job is one run across the processes"
     for group, allowed in (("model", MODELS), ("sparsity", SPARSITY), ("optimizer", OPTIMIZERS),
                            ("scheduler", SCHEDULERS), ("dataset", DATASETS)):
         choice = _choice(cfg, group)
