@@ -10,8 +10,8 @@ sweep folder, ``.hydra/`` written once accepted, failures in ``metrics.json``, N
 for a failed job) and writes the files a lone run writes, log file included.
 
 Hydra instantiates launchers only from the ``hydra_plugins`` package, so the class Hydra
-sees is ``hydra_plugins.aeexp_stacked.stacked_launcher.StackedLauncher``, a subclass of
-:class:`StackedLauncher` (``conf/hydra/launcher/stacked.yaml`` names it).
+sees is ``hydra_plugins.aeexp_stacked.stacked_launcher.StackedLauncher``
+(``conf/hydra/launcher/stacked.yaml`` names it), which hands the sweep to this one.
 """
 
 from __future__ import annotations
