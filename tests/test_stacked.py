@@ -11,6 +11,7 @@ and the basic launcher; the inner loop keeps the grouping rules (fast, no traini
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from aeexp.runs import load_run
 from aeexp.stacked.grouping import plan_groups
 from aeexp.stacked.members import DataCache, prepare_member
 from aeexp.stacked.training import StackedTraining
+from aeexp.training.interrupts import TrainingInterrupted
 from aeexp.training.run import run_training
 
 TINY = ("model.latent_dim=16", "trainer.epochs=3", "scheduler=none", "trainer.image_every=0")
@@ -155,6 +157,30 @@ def test_resume_continues_each_member_from_its_own_last_checkpoint(tmp_path, lon
     members = train_stacked([tiny(f"optimizer.lr={lr}", f"seed={seed}", "trainer.resume=true")
                              for lr, seed in SWEEP[:2]], run_dirs)
     assert all(m.outcome["status"] == "completed" for m in members)
+    for i, run_dir in enumerate(run_dirs):
+        assert_same_run(run_dir, lone_runs / str(i))
+
+
+@pytest.mark.slow  # 2 stacked members stopped inside an epoch, then resumed; lone references from the module
+def test_a_signal_inside_an_epoch_saves_each_members_place_and_resume_finishes_it(tmp_path, lone_runs, monkeypatch):
+    real_step, calls = StackedTraining._step, {"n": 0}
+
+    def step_then_signal(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 12:  # the 4th of epoch 2's 8 steps
+            self.interrupts.signum = signal.SIGTERM
+        return real_step(self, *args)
+
+    run_dirs = [tmp_path / "0", tmp_path / "1"]
+    monkeypatch.setattr(StackedTraining, "_step", step_then_signal)
+    members = train_stacked([tiny(f"optimizer.lr={lr}", f"seed={seed}") for lr, seed in SWEEP[:2]], run_dirs)
+    monkeypatch.setattr(StackedTraining, "_step", real_step)
+    assert all(isinstance(m.outcome, TrainingInterrupted) for m in members)
+    for run_dir in run_dirs:
+        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+        assert load_checkpoint(run_dir / "checkpoints/last.pt")["partial_epoch"]["batches_done"] == 12 - 8
+    train_stacked([tiny(f"optimizer.lr={lr}", f"seed={seed}", "trainer.resume=true") for lr, seed in SWEEP[:2]],
+                  run_dirs)
     for i, run_dir in enumerate(run_dirs):
         assert_same_run(run_dir, lone_runs / str(i))
 
