@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Iterator, Mapping
@@ -38,10 +37,11 @@ from torch import nn
 
 from aeexp.config import ConfigError
 from aeexp.training.checkpointing import Checkpoints
+from aeexp.training.interrupts import SIGNALS
 
 TIMEOUT_ENV = "AEEXP_DDP_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = SIGNALS  # TERM, INT and (SLURM's warning) USR2: one rank's is every rank's
 WHOLE_BATCH = {"batch_topk": "selects across the batch", "lifetime": "selects across the batch",
                "kl": "takes each feature's batch mean"}
 # Words of a collective that failed because another rank died or hung (gloo, NCCL, the store).

@@ -1,4 +1,4 @@
-"""Turning SIGTERM / SIGINT into a clean stop at the next training step.
+"""Turning SIGTERM / SIGINT / SIGUSR2 into a clean stop at the next training step.
 
 A cluster preempting a job, ``kill``, or Ctrl-C should cost at most one step of work: the
 handler only records the request, and the trainer, at the next step boundary, saves
@@ -8,7 +8,9 @@ killed; except under torchrun (``keep_handling``), whose workers may get one sig
 (SLURM signals every process of a job step, and torchrun passes it on again), and which ends
 a worker still running 30 s after its signal with SIGKILL itself. Where another handler was
 installed first (submitit's, which requeues a preempted SLURM job), it is called after the
-checkpoint is saved.
+checkpoint is saved. SIGUSR2 is what SLURM sends before a time limit or a preemption
+(``--signal=USR2@<s>``) and what submitit answers by requeueing the job and exiting at once:
+caught here first, the job saves its place inside the epoch before submitit requeues it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from types import FrameType
 from typing import Any, Callable
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT) + ((signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ())
 
 
 class TrainingInterrupted(RuntimeError):
