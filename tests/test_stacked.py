@@ -137,6 +137,18 @@ def test_noise_penalty_and_scheduler_per_member_match_lone_runs(tmp_path):
         assert json.loads((tmp_path / f"stacked{i}/metrics.json").read_text())["val_denoise_mse"] > 0
 
 
+@pytest.mark.slow  # model=sae with its hooks (data init, unit-norm decoder) and an L1 penalty per member
+def test_sae_members_match_their_lone_runs(tmp_path):
+    configs = [tiny("model=sae", "model.latent_dim=32", "model.code_activation=relu", "model.pre_bias=true",
+                    "model.unit_norm_decoder=true", "model.b_dec_init=mean", "model.normalize_input=true", "sparsity=l1",
+                    f"sparsity.weight={weight}", f"seed={seed}") for weight, seed in ((1e-3, 0), (3e-3, 1))]
+    for i, cfg in enumerate(configs):
+        run_training(cfg, tmp_path / f"alone{i}")
+    train_stacked(configs, [tmp_path / f"stacked{i}" for i in range(len(configs))])
+    for i in range(len(configs)):  # weights to 1e-4 of the largest: 1.3e-5 seen (the ReLU code's kinks)
+        assert_same_run(tmp_path / f"stacked{i}", tmp_path / f"alone{i}", weight_rtol=1e-4)
+
+
 @pytest.mark.slow  # trains 2 stacked members; the lone reference comes from the module's lone runs
 def test_a_diverging_member_stops_alone(tmp_path, lone_runs):
     configs = [tiny("optimizer.lr=0.001", "seed=0"), tiny("optimizer.lr=1e6", "seed=0")]
