@@ -37,6 +37,27 @@ class _Parts(nn.Module):
         return self.model.forward_parts(x)
 
 
+ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.Identity)
+
+
+def _plain_fc(model: nn.Module) -> bool:
+    """A plain fully-connected Autoencoder (``model=fc``, untied): Flatten, Linear layers and
+    elementwise activations, an identity bottleneck, Unflatten; its stacked forward is a few
+    batched matrix products (baddbmm), cheaper than vmap's product-then-add."""
+    from aeexp.models.autoencoder import Autoencoder
+    from aeexp.sparsity.base import Sparsity
+
+    if type(model) is not Autoencoder or type(model.bottleneck).forward is not Sparsity.forward:
+        return False
+    encoder, decoder = model.encoder, model.decoder
+    if not (isinstance(encoder, nn.Sequential) and isinstance(decoder, nn.Sequential) and len(encoder)
+            and len(decoder) and type(encoder[0]) is nn.Flatten and (encoder[0].start_dim, encoder[0].end_dim) == (1, -1)
+            and type(decoder[-1]) is nn.Unflatten and decoder[-1].dim == 1):
+        return False
+    inner = [m for part in (encoder[1:], decoder[:-1]) for m in part.modules() if m is not part]
+    return all(type(m) in (nn.Sequential, nn.Linear, *ELEMENTWISE) for m in inner)
+
+
 class StackedWeights:
     """The parameters and buffers of ``models`` (same architecture) stacked along a new first
     dimension; each member's tensors become views into the stack."""
@@ -52,6 +73,7 @@ class StackedWeights:
                 model.register_state_dict_post_hook(_own_copies)
                 model._aeexp_own_copies = True
         self._forward = vmap(self._one, in_dims=(0, 0, 0))
+        self._plain = _plain_fc(models[0])
 
     @staticmethod
     def _stack(per_member: list[dict[str, torch.Tensor]], grad: bool) -> dict[str, torch.Tensor]:
@@ -70,7 +92,25 @@ class StackedWeights:
     def forward_parts(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``inputs`` (N, B, ...) -> ``(x_hat, z, code)``, each (N, B, ...): member i's forward
         on its own batch ``inputs[i]``."""
+        if self._plain:
+            model = self.template.model
+            code = self._sequence(model.encoder[1:], "model.encoder.", 1, inputs.flatten(2))
+            x_hat = self._sequence(model.decoder[:-1], "model.decoder.", 0, code)
+            return x_hat.unflatten(2, model.decoder[-1].unflattened_size), code, code
         return self._forward(self.params, self.buffers, inputs)
+
+    def _sequence(self, modules: nn.Sequential, prefix: str, offset: int, x: torch.Tensor) -> torch.Tensor:
+        """A plain fc stack on (N, B, features): each Linear one batched product with its bias."""
+        for index, module in enumerate(modules, start=offset):
+            name = f"{prefix}{index}."
+            if isinstance(module, nn.Sequential):
+                x = self._sequence(module, name, 0, x)
+            elif isinstance(module, nn.Linear):
+                weight, bias = self.params[f"{name}weight"].transpose(1, 2), self.params.get(f"{name}bias")
+                x = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+            else:
+                x = module(x)  # elementwise
+        return x
 
     def zero_grad(self) -> None:
         for big in self.params.values():
