@@ -83,9 +83,10 @@ def start_ray(init: dict[str, Any]) -> None:
         log.error("hydra.launcher.ray.init: ray.init(%s) failed: %s", ", ".join(f"{k}={v!r}" for k, v in init.items()),
                   message)  # one line, before any job
         sys.exit(2)
-    for signum, handler in handlers.items():
-        if handler is not None:
-            signal.signal(signum, handler)
+    finally:  # a failed ray.init may have installed its handlers too
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
     log.info("Ray cluster resources: %s", ray.cluster_resources())
 
 
