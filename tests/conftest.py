@@ -16,6 +16,7 @@ import signal
 import shutil
 import struct
 import sys
+import tempfile
 from pathlib import Path
 
 import aeexp  # noqa: F401  (first: aeexp sets OpenMP's wait policy before torch loads it; aeexp.threads)
@@ -36,6 +37,9 @@ from aeexp.models import Autoencoder
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
+# evaluate.py keeps data-only baselines in paths.cache_dir (the checkout's .cache by default):
+# tests keep theirs in a folder of their own, so a test never reads what an earlier one left.
+os.environ.setdefault("AEEXP_CACHE", tempfile.mkdtemp(prefix="aeexp-test-cache-"))
 
 # A run small enough to take a fraction of a second on two CPU cores.
 SMALL_RUN = (
