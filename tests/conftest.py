@@ -142,6 +142,20 @@ def _split_overrides(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list]
     return groups, values
 
 
+def event_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} over every TensorBoard event file directly in ``run_dir`` (a
+    resumed run adds one; a later file's value for a step replaces an earlier one's)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[str, dict[int, float]] = {}
+    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            found.setdefault(tag, {}).update({e.step: e.value for e in events.Scalars(tag)})
+    return found
+
+
 def small_run(*overrides: str) -> DictConfig:
     """A composed config for a tiny CPU run on synthetic data; ``overrides`` come last."""
     return compose(*SMALL_RUN, *overrides)

@@ -16,24 +16,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aeexp.config import validate
 from aeexp.models.factory import build_model
 from aeexp.registry import NOISE, SPARSITY
 from aeexp.training.run import load_data, run_training, seed_everything
 from aeexp.training.trainer import Trainer
-from conftest import REPO, compose, small_run
+from conftest import REPO, compose, event_scalars, small_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = ("device=cuda",)
 
 
 def history(run_dir: Path, tag: str = "val/mse") -> list[float]:
-    """A scalar's value per epoch, as TensorBoard reads it (a resumed run's two event files merged)."""
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    by_step = {e.step: e.value for e in events.Scalars(tag)}
+    """A scalar's value per epoch, as TensorBoard reads it (a resumed run's event files merged)."""
+    by_step = event_scalars(run_dir)[tag]
     return [by_step[step] for step in sorted(by_step)]
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aeexp.cli import check_command_line
 from aeexp.config import ConfigError, validate
@@ -21,7 +20,7 @@ from aeexp.training.interrupts import TrainingInterrupted
 from aeexp.training.run import run_training
 from aeexp.training.trackers import SCALARS, CsvTracker
 from cli_runner import run_cli
-from conftest import CONF_DIR, compose, sigterm_at_step, small_run
+from conftest import CONF_DIR, compose, event_scalars, sigterm_at_step, small_run
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 needs_mlflow = pytest.mark.skipif(not HAS_MLFLOW, reason="mlflow is not installed (pip install aeexp[mlflow])")
@@ -30,17 +29,6 @@ needs_mlflow = pytest.mark.skipif(not HAS_MLFLOW, reason="mlflow is not installe
 def read_csv(run_dir: Path) -> list[dict[str, str]]:
     with (run_dir / "metrics.csv").open(newline="") as f:
         return list(csv.DictReader(f))
-
-
-def tb_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    """tag -> {step: value} over every event file of ``run_dir`` (a resumed run adds one)."""
-    found: dict[str, dict[int, float]] = {}
-    for path in sorted(run_dir.glob("events.out.tfevents.*")):
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        events.Reload()
-        for tag in events.Tags()["scalars"]:
-            found.setdefault(tag, {}).update({e.step: e.value for e in events.Scalars(tag)})
-    return found
 
 
 def same_figures(row: dict[str, str], metrics: dict) -> None:
@@ -152,7 +140,7 @@ def test_csv_rows_are_each_epochs_metrics_and_resume_appends_the_missing_epochs(
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     same_figures(rows[1], second)
     same_figures(rows[3], json.loads((tmp_path / "metrics.json").read_text()))
-    scalars = tb_scalars(tmp_path)  # TensorBoard joined on resume: epochs 3 and 4
+    scalars = event_scalars(tmp_path)  # TensorBoard joined on resume: epochs 3 and 4
     for row in rows[2:]:
         for tag, key in SCALARS.items():
             if row.get(key):
@@ -186,7 +174,7 @@ def test_one_run_in_tensorboard_csv_and_mlflow_and_resume_continues_the_mlflow_r
 
     rows = read_csv(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    scalars = tb_scalars(run_dir)
+    scalars = event_scalars(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     for key, tag in (("val_mse", "val/mse"), ("train_loss", "train/loss"), ("lr", "lr")):
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}

@@ -23,24 +23,13 @@ from aeexp.evaluation import check_settings, evaluate_run
 from aeexp.evaluation.sweep_pictures import PNG_NAMES
 from aeexp.hparams import write_evaluation_hparams
 from aeexp.training.run import run_training
-from conftest import CONF_DIR, REPO, SMALL_RUN, small_run
+from conftest import CONF_DIR, REPO, SMALL_RUN, event_scalars, small_run
 
 STEPS_PER_EPOCH = 8  # small_run: 512 training images in batches of 64
 
 
-def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    """tag -> {step: value} over every event file of ``run_dir`` (a resumed run adds one)."""
-    found: dict[str, dict[int, float]] = {}
-    for path in sorted(run_dir.glob("events.out.tfevents.*")):
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        events.Reload()
-        for tag in events.Tags()["scalars"]:
-            found.setdefault(tag, {}).update({e.step: e.value for e in events.Scalars(tag)})
-    return found
-
-
 def step_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    return {tag: values for tag, values in scalars(run_dir).items() if tag.startswith("step/")}
+    return {tag: values for tag, values in event_scalars(run_dir).items() if tag.startswith("step/")}
 
 
 def test_per_step_scalars_every_n_steps_keyed_by_global_step(tmp_path):
