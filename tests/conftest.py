@@ -274,6 +274,34 @@ PICKLES = {
 }
 
 
+def sweep_finals(sweep_dir: Path) -> dict[str, dict]:
+    """Each job's final figures in a sweep folder, by job folder name."""
+    import json
+
+    return {p.parent.name: {k: json.loads(p.read_text()).get(k) for k in ("status", "epoch", "val_mse", "train_loss")}
+            for p in Path(sweep_dir).glob("*/metrics.json")}
+
+
+def sigterm_sweep_after_first_epoch(command: list[str], sweep_dir: Path, poll: float = 0.1) -> dict[str, dict]:
+    """Start the sweep ``command`` (writing to ``sweep_dir``), send its process SIGTERM once a
+    job has finished an epoch, check it ended as a signalled sweep should (128 + SIGTERM, no
+    traceback, the sweep says so) and that a job saved its place; return the jobs' finals."""
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not list(Path(sweep_dir).glob("*/metrics.json")) and time.time() < deadline:
+        time.sleep(poll)  # a job has finished its first epoch
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output and "sweep interrupted by SIGTERM" in output
+    partial = sweep_finals(sweep_dir)
+    assert "interrupted" in {m["status"] for m in partial.values()}, partial
+    return partial
+
+
 @contextlib.contextmanager
 def sigterm_at_step(monkeypatch, step: int):
     """Within the block, the trainer is told of a SIGTERM just before its ``step``-th training

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, sigterm_at_step, small_run
+from conftest import REPO, sigterm_at_step, sigterm_sweep_after_first_epoch, small_run, sweep_finals
 
 from aeexp.training.interrupts import TrainingInterrupted
 from aeexp.training.run import run_training
@@ -74,12 +74,6 @@ def sweep_command(sweep_dir, launcher, *extra):
     return [sys.executable, "train.py", "-m", *SWEEP, *LAUNCHERS[launcher], f"hydra.sweep.dir={sweep_dir}", *extra]
 
 
-def finals(sweep_dir):
-    """Each job's final figures, by folder name."""
-    return {p.parent.name: {k: json.loads(p.read_text()).get(k) for k in ("status", "epoch", "val_mse", "train_loss")}
-            for p in sweep_dir.glob("*/metrics.json")}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_sigterm_ends_a_sweep_cleanly_and_resume_finishes_it_as_if_uninterrupted(tmp_path, launcher):
@@ -88,17 +82,7 @@ def test_sigterm_ends_a_sweep_cleanly_and_resume_finishes_it_as_if_uninterrupted
     assert straight.returncode == 0, straight.stdout + straight.stderr
 
     stopped = tmp_path / "stopped"
-    process = subprocess.Popen(sweep_command(stopped, launcher), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not list(stopped.glob("*/metrics.json")) and time.time() < deadline:
-        time.sleep(0.1)  # a job has finished its first epoch
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, output
-    assert "Traceback" not in output and "sweep interrupted by SIGTERM" in output
-    partial = finals(stopped)
-    assert "interrupted" in {m["status"] for m in partial.values()}, partial
+    partial = sigterm_sweep_after_first_epoch(sweep_command(stopped, launcher), stopped)
     assert len(partial) < 3 or any((m["epoch"] or 0) < 25 for m in partial.values())  # the sweep did stop early
     for job in stopped.iterdir():  # a job that had not started left no folder; a started one kept its place
         if job.is_dir() and not job.name.startswith("."):  # (.submitit/ is the launcher's)
@@ -107,4 +91,4 @@ def test_sigterm_ends_a_sweep_cleanly_and_resume_finishes_it_as_if_uninterrupted
     resumed = subprocess.run(sweep_command(stopped, launcher, "trainer.resume=true"), cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert finals(stopped) == finals(tmp_path / "straight")
+    assert sweep_finals(stopped) == sweep_finals(tmp_path / "straight")

@@ -10,15 +10,12 @@ tests/test_threads.py.
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import REPO
+from conftest import REPO, sigterm_sweep_after_first_epoch, sweep_finals
 from omegaconf import OmegaConf
 
 ray = pytest.importorskip("ray")
@@ -48,12 +45,6 @@ def sweep_command(sweep_dir, *extra):
     return [sys.executable, "train.py", "-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}", *extra]
 
 
-def finals(sweep_dir):
-    """Each job's final figures, by folder name."""
-    return {p.parent.name: {k: json.loads(p.read_text()).get(k) for k in ("status", "epoch", "val_mse", "train_loss")}
-            for p in sweep_dir.glob("*/metrics.json")}
-
-
 @pytest.fixture(scope="module")
 def straight(cluster, tmp_path_factory):
     """The 4-job sweep run to its end on the module's cluster: its folder and output."""
@@ -68,7 +59,7 @@ def test_a_sweep_of_four_jobs_on_a_joined_cluster(straight, cluster):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert f"joining the Ray cluster at {cluster}" in output and "4 of 4 runs completed" in output
-    jobs = finals(sweep_dir)
+    jobs = sweep_finals(sweep_dir)
     assert len(jobs) == 4 and {m["status"] for m in jobs.values()} == {"completed"}
     assert {m["epoch"] for m in jobs.values()} == {10}
     names = sorted(jobs)
@@ -84,23 +75,13 @@ def test_a_sweep_of_four_jobs_on_a_joined_cluster(straight, cluster):
 def test_sigterm_ends_a_ray_sweep_cleanly_and_resume_finishes_it_as_if_uninterrupted(straight, cluster, tmp_path):
     join = f"hydra.launcher.ray.init.address={cluster}"
     stopped = tmp_path / "stopped"
-    process = subprocess.Popen(sweep_command(stopped, join), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not list(stopped.glob("*/metrics.json")) and time.time() < deadline:
-        time.sleep(0.05)  # a job has finished its first epoch
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    # 143, not 134: ray.init's own SIGTERM handler (an abort) gave way to the sweep's again (start_ray)
-    assert process.returncode == 128 + signal.SIGTERM, output
-    assert "Traceback" not in output and "sweep interrupted by SIGTERM" in output
-    partial = finals(stopped)
-    assert "interrupted" in {m["status"] for m in partial.values()}, partial
+    # exit 143, not 134: ray.init's own SIGTERM handler (an abort) gave way to the sweep's again (start_ray)
+    partial = sigterm_sweep_after_first_epoch(sweep_command(stopped, join), stopped, poll=0.05)
     assert len(partial) < 4  # the jobs still queued did not start
     resumed = subprocess.run(sweep_command(stopped, join, "trainer.resume=true"), cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert finals(stopped) == finals(straight[0])
+    assert sweep_finals(stopped) == sweep_finals(straight[0])
 
 
 def test_a_failing_job_is_reported(cluster, tmp_path):
@@ -111,7 +92,7 @@ def test_a_failing_job_is_reported(cluster, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "Traceback" not in output
-    assert sorted(m["status"] for m in finals(tmp_path).values()) == ["completed", "failed"]  # lr=1e6 diverged
+    assert sorted(m["status"] for m in sweep_finals(tmp_path).values()) == ["completed", "failed"]  # lr=1e6 diverged
     assert "1 of 3 runs completed" in output and "diverged" in output
     assert "refused: optimizer.lr: got -1.0" in output  # refused before training: no folder, the sweep's record
     assert not list(tmp_path.glob("2-*")) and not (tmp_path / ".aeexp-refused.jsonl").exists()
