@@ -10,6 +10,7 @@ and the basic launcher; the inner loop keeps the grouping rules (fast, no traini
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import subprocess
@@ -25,7 +26,9 @@ from aeexp.checkpoints import load_checkpoint
 from aeexp.runs import load_run
 from aeexp.stacked.grouping import plan_groups
 from aeexp.stacked.members import DataCache, prepare_member
+from aeexp.stacked.optim import StackedAdam
 from aeexp.stacked.training import StackedTraining
+from aeexp.stacked.weights import StackedWeights
 from aeexp.training.interrupts import TrainingInterrupted
 from aeexp.training.run import run_training
 
@@ -246,3 +249,40 @@ def test_a_stacked_sweep_makes_the_basic_launchers_folders(tmp_path):
             assert_same_run(tmp_path / "stacked" / run.name, run)
             assert any((tmp_path / "stacked" / run.name).glob("events.out.tfevents.*"))
             assert "epoch 1/1" in (tmp_path / "stacked" / run.name / "train.log").read_text()
+
+
+# --------------------------------------------------------------- optimizer (inner loop)
+@pytest.mark.parametrize("optimizer, weight_decay", [(torch.optim.Adam, 0.0), (torch.optim.Adam, 0.01),
+                                                     (torch.optim.AdamW, 0.01)])
+def test_one_adam_step_on_the_stacks_is_each_members_own_step(optimizer, weight_decay):
+    """StackedAdam against each member's own torch optimizer fed the same gradients: the
+    same weights and optimizer state, bit for bit; a member's state_dict holds its own
+    tensors, not the stack."""
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(37, 19), torch.nn.ReLU(), torch.nn.Linear(19, 37)) for _ in range(3)]
+    alone = [copy.deepcopy(m) for m in models]
+    lrs = (1e-3, 3e-3, 1e-4)
+    stacked_optimizers = [optimizer(m.parameters(), lr=lr, weight_decay=weight_decay) for m, lr in zip(models, lrs)]
+    lone_optimizers = [optimizer(m.parameters(), lr=lr, weight_decay=weight_decay) for m, lr in zip(alone, lrs)]
+    weights = StackedWeights(models)
+    adam = StackedAdam.build(stacked_optimizers, weights)
+    for _ in range(5):
+        for big in weights.params.values():
+            big.grad = torch.randn_like(big)
+        adam.step()
+        for i, (model, lone_optimizer) in enumerate(zip(alone, lone_optimizers)):
+            for name, p in model.named_parameters():
+                p.grad = weights.params[f"model.{name}"].grad[i].clone()
+            lone_optimizer.step()
+    for model, lone, mine, theirs in zip(models, alone, stacked_optimizers, lone_optimizers):
+        for a, b in zip(model.parameters(), lone.parameters()):
+            assert torch.equal(a, b)
+        ours, reference = mine.state_dict(), theirs.state_dict()
+        for key, state in reference["state"].items():
+            for name, tensor in state.items():
+                assert torch.equal(ours["state"][key][name], tensor)
+                assert ours["state"][key][name].untyped_storage().nbytes() == tensor.untyped_storage().nbytes()
+    # optimizers that differ in more than the learning rate keep their own steps
+    assert StackedAdam.build([torch.optim.Adam(models[0].parameters(), eps=1e-6),
+                              torch.optim.Adam(models[1].parameters()), torch.optim.Adam(models[2].parameters())],
+                             weights) is None

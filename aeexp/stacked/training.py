@@ -1,6 +1,8 @@
 """Training N members at once: one stacked forward and backward per batch, then each
-member's own optimizer step, and each member's own end of epoch (validation, scheduler,
-checkpoints, metrics.json, TensorBoard) exactly as its lone run would do it.
+member's optimizer step (all of them as one set of operations on the stacks where they are
+Adam/AdamW differing only in learning rate: :mod:`aeexp.stacked.optim`), and each member's
+own end of epoch (validation, scheduler, checkpoints, metrics.json, TensorBoard) exactly as
+its lone run would do it.
 
 Members move in lock-step, one batch of each per step (each member's batches come from
 its own shuffle generator, so a member sees the batches of its lone run). A member that
@@ -23,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aeexp.data.images import epoch_order, index_batches
+from aeexp.data.images import epoch_order, index_batches, to_float
 from aeexp.pictures import training_pictures
 from aeexp.stacked.members import Member
+from aeexp.stacked.optim import StackedAdam
 from aeexp.sparsity.base import Sparsity
 from aeexp.stacked.weights import StackedWeights
 from aeexp.training import model_hooks
@@ -77,6 +80,25 @@ def step_optimizers(optimizers: list[torch.optim.Optimizer]) -> None:
                 other._opt_called = True  # what its own step() tells an LR scheduler
 
 
+def _stacked_batches(trainers, orders: list, start: int):
+    """Each step's batch of every member, (N, B, ...): member i's batch is the one its lone
+    run's ``index_batches`` yields at that step. Members sharing one in-memory training set
+    are gathered in one ``index_select`` per step over their orders interleaved batch by batch
+    (one copy instead of N gathers and a stack); other members' batches are stacked."""
+    images, size = trainers[0].data.train_images, trainers[0].settings.batch_size
+    if not (isinstance(images, torch.Tensor) and all(t.data.train_images is images and t.settings.batch_size == size
+                                                     for t in trainers)):
+        per_member = [index_batches(t.data.train_images, t.settings.batch_size, order, start=start)
+                      for t, order in zip(trainers, orders)]
+        yield from (torch.stack(batches) for batches in zip(*per_member))
+        return
+    stacked, full, together = torch.stack(orders), len(images) // size * size, size * len(trainers)
+    interleaved = torch.cat([stacked[:, :full].unflatten(1, (-1, size)).transpose(0, 1).flatten(),
+                             stacked[:, full:].flatten()])  # the short last batch of each, together
+    for begin in range(start * together, len(interleaved), together):
+        yield to_float(images.index_select(0, interleaved[begin:begin + together])).unflatten(0, (len(trainers), -1))
+
+
 def _save(trainer, record: EpochRecord, improved: bool, state: dict | None = None) -> BaseException | None:
     """A member's files of the epoch, as Trainer._run_epoch writes them; the error, if any."""
     try:
@@ -95,6 +117,7 @@ class StackedTraining:
         self.members = list(members)
         self.interrupts = InterruptWatch(poll=stop_requested)
         self.weights: StackedWeights | None = None
+        self.adam: StackedAdam | None = None  # every member's Adam step at once, where their optimizers allow it
         self.stacked: list[Member] = []  # the members self.weights holds, in its order
 
     # ------------------------------------------------------------------ run
@@ -139,6 +162,7 @@ class StackedTraining:
     def _restack(self, members: list[Member]) -> StackedWeights:
         if [id(m) for m in members] != [id(m) for m in self.stacked]:
             self.weights = StackedWeights([m.trainer.model for m in members])
+            self.adam = StackedAdam.build([m.trainer.optimizer for m in members], self.weights)
             self.stacked = list(members)
         return self.weights
 
@@ -218,7 +242,7 @@ class StackedTraining:
         device = trainers[0].device
         begin = self._place(members[0])[1]
         sums = torch.zeros(len(members), 4, dtype=torch.float64, device=device)
-        shuffle_states, batches = [], []
+        shuffle_states, orders = [], []
         for i, t in enumerate(trainers):
             t.model.train()
             if begin:
@@ -226,15 +250,13 @@ class StackedTraining:
                 sums[i] = t.partial_epoch["sums"].to(device)
             t.partial_epoch = None
             shuffle_states.append(t.shuffle_generator.get_state())
-            order = epoch_order(t.data.train_images, t.shuffle_generator, device)
-            batches.append(index_batches(t.data.train_images, t.settings.batch_size, order, start=begin))
+            orders.append(epoch_order(t.data.train_images, t.shuffle_generator, device))
         noisy = [t.noise.active for t in trainers]
         step = begin
-        for step, cleans in enumerate(zip(*batches), start=begin + 1):
+        for step, clean in enumerate(_stacked_batches(trainers, orders, begin), start=begin + 1):
             live = [i for i, m in enumerate(members) if not m.done]
             if not live:
                 break
-            clean = torch.stack(cleans)
             terms = self._step(members, weights, clean, live, noisy)
             sums += terms.to(torch.float64) * clean.shape[1]
             look = device.type == "cpu" or step % 10 == 0  # as Trainer.train_epoch: a GPU syncs every few steps
@@ -269,10 +291,11 @@ class StackedTraining:
         else:
             inputs = clean
         x_hat, z, code = weights.forward_parts(inputs)
-        # Each member's MSE in one pass over the stack (F.mse_loss's mean, per member); the
-        # penalty and auxiliary loss from each member's own sparsity module (unbind, not
-        # indexing: its backward is one stack of the members' gradients).
-        mse = F.mse_loss(x_hat.float(), clean, reduction="none").flatten(1).mean(1)
+        # Each member's MSE, penalty and auxiliary loss as its lone run computes them, on its
+        # slice (unbind, not indexing: its backward is one stack of the members' gradients;
+        # a slice is small enough to stay in cache, where one reduction over the whole stack
+        # costs extra passes over memory that are most of a CPU step).
+        mse = torch.stack([F.mse_loss(xh.float(), c) for xh, c in zip(x_hat.unbind(), clean.unbind())])
         bottlenecks = [m.trainer.model.bottleneck for m in members]
         if any(_has(b, "penalty") or _has(b, "auxiliary") for b in bottlenecks):
             extras = []
@@ -293,7 +316,11 @@ class StackedTraining:
             model_hooks.before_optimizer_step(t.model)
             if t.settings.grad_clip is not None:
                 nn.utils.clip_grad_norm_(t.model.parameters(), t.settings.grad_clip)
-        step_optimizers([t.optimizer for t in trainers])
+        optimizers = [t.optimizer for t in trainers]
+        if self.adam is not None and [id(o) for o in optimizers] == [id(o) for o in self.adam.optimizers]:
+            self.adam.step()  # every member live: one step on the stacks
+        else:
+            step_optimizers(optimizers)
         for t in trainers:
             model_hooks.after_optimizer_step(t.model)
             t.global_step += 1
