@@ -21,18 +21,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp.config import validate
-from aeexp.data.vectors import vector_run_notes
-from aeexp.device import resolve_device
-from aeexp.threads import configure_cpu_threads
-from aeexp.training.checkpointing import resume_trainer
-from aeexp.training.resume_settings import read_resume_checkpoint
-from aeexp.training.run import finished_metrics, load_data, seed_everything
-from aeexp.training.run_dir import check_run_dir
-from aeexp.training.stages import plan_stages, stage_model
+from aeexp.training.run import load_splits, prepare_run
 from aeexp.training.trainer import Trainer
-
-log = logging.getLogger("aeexp.training.run")  # the lines a lone run's log has, under the same name
 
 
 def capture_rng() -> dict[str, Any]:
@@ -85,9 +75,9 @@ class Member:
 
 
 class DataCache:
-    """The splits each member would load, loaded once where loading draws nothing from the
-    global random stream (a loader that does is called again for every member, so each
-    member's stream stays a lone run's)."""
+    """The splits each member would load (:func:`aeexp.training.run.load_splits`), loaded
+    once where loading draws nothing from the global random stream (a loader that does is
+    called again for every member, so each member's stream stays a lone run's)."""
 
     def __init__(self) -> None:
         self._splits: dict[str, Any] = {}
@@ -98,12 +88,7 @@ class DataCache:
         if key in self._splits:
             return self._splits[key]
         before = torch.get_rng_state()
-        data = load_data(cfg)
-        limits = cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches
-        if any(n is not None for n in limits):  # as run_training: the same few batches every epoch
-            data = data.limited(*(n and n * size for n, size in zip(limits, (cfg.trainer.batch_size,
-                                                                            cfg.trainer.val_batch_size))))
-        data = data.without_test().to(device)
+        data = load_splits(cfg, device)
         if torch.equal(before, torch.get_rng_state()):
             self._splits[key] = data
         return data
@@ -111,36 +96,9 @@ class DataCache:
 
 def prepare_member(cfg: DictConfig, run_dir: Path | str, data: DataCache, on_start: Callable[[], None] | None = None,
                    stop_requested: Callable[[], int | None] | None = None) -> Member | dict[str, Any]:
-    """What :func:`aeexp.training.run.run_training` does before ``Trainer.fit``, in the same
-    order (so the random streams reach training in the same state): validate, skip a finished
-    run (its metrics are returned), guard the run directory, read the resume checkpoint, seed,
-    data, model, trainer, resume, ``model.txt``, ``on_start``. Refusals raise as there."""
-    cfg = validate(cfg)
-    run_dir = Path(run_dir)
-    finished = finished_metrics(run_dir, cfg) if cfg.trainer.resume else None
-    if finished is not None:
-        log.info("%s already completed %d epochs: skipping (trainer.resume=true)", run_dir, finished["epoch"])
-        return finished
-    device = resolve_device(cfg.device.name)
-    check_run_dir(run_dir, cfg.trainer.resume, cfg.trainer.resume_from)
-    checkpoint = read_resume_checkpoint(cfg, run_dir) if cfg.trainer.resume else None
-    configure_cpu_threads(cfg.trainer.num_threads)
-    torch.set_flush_denormal(True)
-    seed_everything(cfg.seed)
-    splits = data.load(cfg, device)
-    model, _ = stage_model(cfg, splits.shape, plan_stages(cfg)[0])
-    log.info("data %s: %d train / %d val %s of shape %s (validation: %s; the test split is left to "
-             "evaluate.py); device %s (stacked)", splits.name or cfg.dataset.get("name"), len(splits.train_images),
-             len(splits.val_images), splits.kind, splits.shape, splits.val_note, device)
-    if not splits.is_image:
-        vector_run_notes(cfg)
-    trainer = Trainer(cfg, model, splits, run_dir, device, stop_requested)
-    if cfg.trainer.resume:
-        resume_trainer(trainer, checkpoint)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "model.txt").write_text(f"{model}\n")
-    log.info("model: %s, %s parameters (layers: %s)", type(model).__name__,
-             f"{sum(p.numel() for p in model.parameters()):,}", run_dir / "model.txt")
-    if on_start is not None:
-        on_start()
-    return Member(trainer, capture_rng())
+    """What :func:`aeexp.training.run.run_training` does before ``Trainer.fit``
+    (:func:`~aeexp.training.run.prepare_run`, the splits from ``data``), so the random
+    streams reach training in the same state; the member, or a finished run's metrics
+    (``trainer.resume=true``). Refusals raise as there."""
+    prepared = prepare_run(cfg, run_dir, on_start, stop_requested, load=data.load)
+    return prepared if isinstance(prepared, dict) else Member(prepared, capture_rng())

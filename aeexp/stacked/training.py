@@ -9,9 +9,9 @@ its own shuffle generator, so a member sees the batches of its lone run). A memb
 diverges or whose scheduler ends it stops alone: its weights stay as they are, it is left
 out of further steps, and its run records why, as a lone run's would; the others go on.
 
-The per-batch step is :meth:`Trainer.train_step` for N members; the end of an epoch
-follows :meth:`Trainer._run_epoch` after its ``train_epoch`` (the trainer offers no hook
-between the two, so that sequence of calls is repeated here, calling the same pieces).
+The per-batch step is :meth:`Trainer.train_step` for N members; the end of an epoch is
+each member's own :meth:`Trainer.close_epoch`, its files and :meth:`Trainer.log_epoch`, as
+in :meth:`Trainer._run_epoch` (the files of all members written in parallel threads).
 """
 
 from __future__ import annotations
@@ -26,16 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from aeexp.data.images import epoch_order, index_batches, to_float
-from aeexp.pictures import training_pictures
 from aeexp.stacked.members import Member
 from aeexp.stacked.optim import StackedAdam
 from aeexp.sparsity.base import Sparsity
 from aeexp.stacked.weights import StackedWeights
 from aeexp.training import model_hooks
 from aeexp.training.interrupts import InterruptWatch, TrainingInterrupted
-from aeexp.training.optim import should_stop, step_scheduler
 from aeexp.training.run_log import EpochRecord
-from aeexp.training.validation import validation_codes
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +96,7 @@ def _stacked_batches(trainers, orders: list, start: int):
         yield to_float(images.index_select(0, interleaved[begin:begin + together])).unflatten(0, (len(trainers), -1))
 
 
-def _save(trainer, record: EpochRecord, improved: bool, state: dict | None = None) -> BaseException | None:
+def _save(trainer, improved: bool, state: dict) -> BaseException | None:
     """A member's files of the epoch, as Trainer._run_epoch writes them; the error, if any."""
     try:
         trainer.checkpoints.save(state, best=improved, on_best_saved=lambda: trainer.run_log.best_saved(trainer.metrics))
@@ -107,6 +104,13 @@ def _save(trainer, record: EpochRecord, improved: bool, state: dict | None = Non
     except Exception as err:  # noqa: BLE001  (reported for that member on the main thread)
         return err
     return None
+
+
+def _log_epoch(trainer, record: EpochRecord, improved: bool, val: dict, error: BaseException | None) -> None:
+    """Trainer._run_epoch after its save: the error of the save, else the epoch's log."""
+    if error is not None:
+        raise error
+    trainer.log_epoch(record, improved, val)
 
 
 class StackedTraining:
@@ -176,53 +180,19 @@ class StackedTraining:
         start = time.perf_counter()
         train = self._train_epoch(members, epoch)
         train_seconds = time.perf_counter() - start
-        closing = []
+        closing = []  # (member, (record, improved, val), the checkpoint's state taken in its random streams)
         for member, figures in zip(members, train):
-            if not member.done:
+            if not member.done:  # epoch_seconds: the stacked pass plus this member's own end of epoch
                 with member.scope():
                     self._guard(member, lambda m: closing.append(
-                        (m, self._close_epoch(m, epoch, figures, start, train_seconds))))
+                        (m, m.trainer.close_epoch(epoch, figures, start, train_seconds), m.trainer.state_dict())))
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(closing)))) as pool:
-            errors = list(pool.map(lambda item: _save(item[0].trainer, item[1][0], item[1][1], item[1][2]), closing))
-        for (member, (record, improved, _, val)), error in zip(closing, errors):
+            errors = list(pool.map(lambda item: _save(item[0].trainer, item[1][1], item[2]), closing))
+        for (member, (record, improved, val), _), error in zip(closing, errors):
             with member.scope():
-                self._guard(member, lambda m: self._log_epoch(m, epoch, record, improved, val, error))
+                self._guard(member, lambda m: _log_epoch(m.trainer, record, improved, val, error))
             if not member.done and member.trainer._stage_done():
                 self._finish(member)
-
-    def _close_epoch(self, member: Member, epoch: int, train: dict[str, float], start: float,
-                     train_seconds: float) -> tuple[EpochRecord, bool, dict, dict]:
-        """Trainer._run_epoch after its train_epoch, up to its save: validate, scheduler,
-        best, the epoch's record and the checkpoint's state (taken here, in the member's
-        random streams)."""
-        t = member.trainer
-        val = t.validate()
-        score = val[t.monitor]
-        step_scheduler(t.scheduler, score)
-        t.epoch, t.stage_epoch = epoch, t.stage_epoch + 1
-        improved = score < t.best_score
-        if improved:
-            t.best_score, t.best_val_mse, t.best_epoch = score, val["val_mse"], epoch
-        lr = t.optimizer.param_groups[0]["lr"]
-        if should_stop(t.scheduler):
-            t.stage_stopped = True
-        # epoch_seconds: the stacked pass over every member's epoch plus this member's own end of epoch
-        record = EpochRecord.of(t, train, val, lr, time.perf_counter() - start, train_seconds)
-        t.metrics = record.as_dict()
-        return record, improved, t.state_dict(), val
-
-    def _log_epoch(self, member: Member, epoch: int, record: EpochRecord, improved: bool, val: dict,
-                   error: BaseException | None) -> None:
-        """Trainer._run_epoch after its save: the epoch's line and scalars, pictures."""
-        if error is not None:
-            raise error
-        t = member.trainer
-        t.run_log.epoch(record, val["firing_rate"], improved)
-        every = t.settings.image_every
-        if every and (epoch % every == 0 or epoch == 1 or t._stage_done()):
-            codes = lambda: validation_codes(t.model, t.data.val_images, t.data.val_labels,  # noqa: E731
-                                             t.settings.val_batch_size)
-            t.run_log.pictures(training_pictures(t.model, t.fixed_batch, t.code_batch, t.noise, codes), epoch)
 
     def _finish(self, member: Member) -> None:
         def finish(m: Member) -> None:

@@ -54,6 +54,18 @@ def finished_metrics(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     return metrics if metrics.get("status") == "completed" and done else None
 
 
+def load_splits(cfg: DictConfig, device: torch.device) -> ImageSplits:
+    """What the trainer trains and validates on: the train and validation splits on
+    ``device`` (the test split is left to evaluate.py), ``trainer.limit_*_batches`` applied."""
+    with distributed.main_rank_first():  # a download happens once
+        data = load_data(cfg)
+    limits = cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches
+    if any(n is not None for n in limits):  # conf/debug: the same few batches every epoch
+        data = data.limited(*(n and n * size for n, size in zip(limits, (cfg.trainer.batch_size,
+                                                                        cfg.trainer.val_batch_size))))
+    return data.without_test().to(device)
+
+
 def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], None] | None = None,
                  stop_requested: Callable[[], int | None] | None = None) -> dict[str, Any]:
     """Train the run ``cfg`` describes in ``run_dir``; return its final metrics.
@@ -65,6 +77,16 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
     ``stop_requested`` tells a sweep's job that the sweep was signalled (see
     :class:`aeexp.training.interrupts.InterruptWatch`).
     """
+    prepared = prepare_run(cfg, run_dir, on_start, stop_requested)
+    return prepared if isinstance(prepared, dict) else prepared.fit()
+
+
+def prepare_run(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], None] | None = None,
+                stop_requested: Callable[[], int | None] | None = None,
+                load: Callable[[DictConfig, torch.device], ImageSplits] = load_splits) -> Trainer | dict[str, Any]:
+    """:func:`run_training` up to ``Trainer.fit``: the trainer, ready to fit (resumed where
+    asked), or the metrics of a run that already completed (``trainer.resume=true``).
+    ``load``: where the splits come from (:mod:`aeexp.stacked` loads them once for N runs)."""
     cfg = validate(cfg)
     run_dir = Path(run_dir)
     ranks = distributed.start()  # under torchrun: this process's rank (train.py joined the group already)
@@ -82,19 +104,14 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
     # make CPU arithmetic up to 50x slower; flushing them to zero changes no figure we report.
     torch.set_flush_denormal(True)
     seed_everything(cfg.seed)
-    with distributed.main_rank_first():  # a download happens once
-        data = load_data(cfg)
-    limits = cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches
-    if any(n is not None for n in limits):  # conf/debug: the same few batches every epoch
-        data = data.limited(*(n and n * size for n, size in zip(limits, (cfg.trainer.batch_size,
-                                                                        cfg.trainer.val_batch_size))))
+    data = load(cfg, device)
     model, _ = stage_model(cfg, data.shape, plan_stages(cfg)[0])
     log.info("data %s: %d train / %d val %s of shape %s (validation: %s; the test split is left to "
              "evaluate.py); device %s", data.name or cfg.dataset.get("name"), len(data.train_images),
              len(data.val_images), data.kind, data.shape, data.val_note, device)
     if not data.is_image:
         vector_run_notes(cfg)
-    trainer = Trainer(cfg, model, data.without_test(), run_dir, device, stop_requested)
+    trainer = Trainer(cfg, model, data, run_dir, device, stop_requested)
     if cfg.trainer.resume:
         resume_trainer(trainer, checkpoint)
     # The layers go to a file (and the debug log), so the console shows one line per epoch.
@@ -106,4 +123,4 @@ def run_training(cfg: DictConfig, run_dir: Path | str, on_start: Callable[[], No
     log.debug("%s", model)
     if on_start is not None:
         on_start()
-    return trainer.fit()
+    return trainer

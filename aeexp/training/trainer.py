@@ -108,12 +108,8 @@ class Trainer:
                  len(self.stages), stage.name, stage.epochs, sum(p.numel() for p in trainable),
                  sum(p.numel() for p in model.parameters()), describe_layers(model))
 
-    # ----------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
-        return trainer_state(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        restore_trainer(self, state)
+    state_dict = trainer_state  # (self) -> the checkpoint's dict (aeexp.training.checkpointing)
+    load_state_dict = restore_trainer  # (self, state): its inverse
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
@@ -142,7 +138,14 @@ class Trainer:
         """Train, validate, step the scheduler, save, log: one epoch."""
         start = time.perf_counter()
         train = self.train_epoch(epoch)
-        train_seconds = time.perf_counter() - start
+        record, improved, val = self.close_epoch(epoch, train, start, time.perf_counter() - start)
+        self.checkpoints.save(self.state_dict(), best=improved, on_best_saved=lambda: self.run_log.best_saved(self.metrics))
+        self.run_log.write(self.metrics)
+        self.log_epoch(record, improved, val)
+
+    def close_epoch(self, epoch: int, train: dict[str, float], start: float,
+                    train_seconds: float) -> tuple[EpochRecord, bool, dict[str, Any]]:
+        """After train_epoch (from ``start``): validate, scheduler, best; (record, improved, val)."""
         val = self.validate()
         score = val[self.monitor]
         step_scheduler(self.scheduler, score)
@@ -151,14 +154,15 @@ class Trainer:
         if improved:
             self.best_score, self.best_val_mse, self.best_epoch = score, val["val_mse"], epoch
         lr = self.optimizer.param_groups[0]["lr"]
-        if should_stop(self.scheduler):
-            self.stage_stopped = True
+        self.stage_stopped = self.stage_stopped or should_stop(self.scheduler)
         record = EpochRecord.of(self, train, val, lr, time.perf_counter() - start, train_seconds)
         self.metrics = record.as_dict()
-        self.checkpoints.save(self.state_dict(), best=improved, on_best_saved=lambda: self.run_log.best_saved(self.metrics))
-        self.run_log.write(self.metrics)
+        return record, improved, val
+
+    def log_epoch(self, record: EpochRecord, improved: bool, val: dict[str, Any]) -> None:
+        """The epoch's line and scalars; pictures every ``trainer.image_every`` epochs."""
         self.run_log.epoch(record, val["firing_rate"], improved)
-        every = self.settings.image_every
+        every, epoch = self.settings.image_every, record.epoch
         if every and (epoch % every == 0 or epoch == 1 or self._stage_done()):
             codes = lambda: validation_codes(self.model, self.data.val_images, self.data.val_labels,  # noqa: E731
                                              self.settings.val_batch_size)
@@ -169,8 +173,7 @@ class Trainer:
         """One pass over the training set in a fresh random order (or the rest of a pass
         that a signal interrupted: same order, same running sums)."""
         self.model.train()
-        images = self.data.train_images
-        batch_size = self.settings.batch_size
+        images, batch_size = self.data.train_images, self.settings.batch_size
         start, sums = 0, torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, mse, penalty, aux
         if self.partial_epoch is not None and self.partial_epoch["epoch"] == epoch:
             self.shuffle_generator.set_state(self.partial_epoch["shuffle"].cpu())
@@ -217,11 +220,8 @@ class Trainer:
                          f"{step} of the epoch (global step {self.global_step})", self.optimizer.param_groups[0]["lr"])
 
     def train_step(self, clean: torch.Tensor) -> torch.Tensor:
-        """One optimizer step; returns the detached (loss, mse, penalty, aux) of the whole batch.
-
-        loss = reconstruction MSE against the clean batch + the sparsity penalty + the
-        sparsity method's auxiliary loss (each zero where a method has none).
-        """
+        """One optimizer step; returns the detached (loss, mse, penalty, aux) of the whole batch:
+        loss = MSE against the clean batch + sparsity penalty + auxiliary loss (zero where none)."""
         inputs = self.noise(clean)  # on the whole batch: every rank draws the same noise
         clean, inputs, weight = self.dist.shard(clean, inputs)  # this rank's rows (all of them alone)
         bottleneck = self.model.bottleneck
