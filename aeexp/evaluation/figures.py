@@ -17,7 +17,8 @@ from torch.utils.tensorboard import SummaryWriter
 from aeexp.data.images import to_float
 from aeexp.evaluation.denoising import noise_at
 from aeexp.pictures import (
-    IMAGE_ONLY_NOTE, code_image, code_scatter, dictionary_grid, is_image_batch, reconstruction_rows, save_png,
+    IMAGE_ONLY_NOTE, code_image, code_scatter, dictionary_grid, figure_image, is_image_batch, reconstruction_rows,
+    save_png,
 )
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ def write_figures(model: torch.nn.Module, data, test_codes: torch.Tensor, pca_im
         written.append(f"{name}.png")
     m = min(settings.scatter_samples, len(test_codes))
     figure = code_scatter(test_codes[:m], data.test_labels[:m], f"test codes ({m} samples, {test_codes.shape[1]}-D)")
-    figure.savefig(out_dir / "latent_scatter.png")
-    writer.add_figure("eval/latent_scatter", figure, step)  # closes the figure
+    scatter = figure_image(figure)  # rendered once (closes the figure), for the PNG and TensorBoard
+    save_png(scatter, out_dir / "latent_scatter.png")
+    writer.add_image("eval/latent_scatter", scatter, step)
     written.append("latent_scatter.png")
     return written
 

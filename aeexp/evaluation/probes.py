@@ -37,7 +37,13 @@ def subset(n: int, size: int | None, seed: int) -> torch.Tensor | None:
 
 def fit_softmax(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float = 1e-4,
                 max_iter: int = 150, desc: str = "probe", progress: bool = True) -> torch.nn.Linear:
-    """Logistic regression: minimise mean cross-entropy + l2/2 ||W||^2 with L-BFGS."""
+    """Logistic regression: minimise mean cross-entropy + l2/2 ||W||^2 with L-BFGS.
+
+    The logits are computed class-major, (classes, samples) = W X^T + b, and the loss is
+    ``cross_entropy`` over dimension 1 of that (1, classes, samples) tensor: the same sum,
+    but the log-softmax then runs along contiguous memory across samples instead of over
+    rows of ten, which made each loss-and-gradient evaluation 2-3x faster on 2 CPU cores
+    (55k x 64 codes; the same loss and gradient, ``tests/test_eval_speedups.py``)."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(features.shape[1], num_classes, dtype=features.dtype)
     torch.nn.init.zeros_(linear.weight)
@@ -48,7 +54,8 @@ def fit_softmax(features: torch.Tensor, labels: torch.Tensor, num_classes: int, 
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(linear(features), labels) + 0.5 * l2 * linear.weight.pow(2).sum()
+        logits = torch.addmm(linear.bias[:, None], linear.weight, features.T)  # (classes, samples)
+        loss = F.cross_entropy(logits[None], labels[None]) + 0.5 * l2 * linear.weight.pow(2).sum()
         loss.backward()
         bar.update(1)
         return loss

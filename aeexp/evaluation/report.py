@@ -175,7 +175,7 @@ def _probes(metrics: dict[str, Any], model, cfg: DictConfig, data: EvalData, tes
     metrics["knn_k"] = int(s.knn_k)
 
     metrics["semi_supervised"] = timer("semi_supervised", lambda: semi_supervised(
-        model, lambda: build_model(cfg, data.shape), data, s, device))
+        model, lambda: build_model(cfg, data.shape), data, s, device, train_codes, test_codes))
     for row in metrics["semi_supervised"]:
         for kind in ("frozen", "fine_tuned", "scratch"):
             metrics[f"ssl{row['labels_per_class']}_{kind}"] = row[kind]

@@ -1,0 +1,105 @@
+"""The faster evaluation paths against independent computations.
+
+- The linear probe computes its logits class-major (classes, samples) for a faster
+  log-softmax; fitted to convergence it must give scikit-learn's logistic regression with the
+  same penalty.
+- The frozen semi-supervised head trains on precomputed codes; it must end where the head
+  trained through the frozen encoder ends (same minibatches, same updates), and
+  ``semi_supervised`` must give the same rows whether it is handed the codes or computes them.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from aeexp.evaluation.probes import Standardizer, fit_softmax
+from aeexp.evaluation.semi_supervised import (
+    CodeClassifier, head_accuracy, semi_supervised, train_classifier, train_head_on_codes,
+)
+from aeexp.evaluation.semi_supervised import test_accuracy as through_encoder_accuracy  # not a test itself
+
+
+def blobs(n: int, dim: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overlapping Gaussian classes (not separable, so the penalised optimum is well inside)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    centres = torch.randn(classes, dim, generator=g)
+    return centres[labels] + 1.5 * torch.randn(n, dim, generator=g), labels
+
+
+def test_probe_converges_to_sklearns_logistic_regression():
+    sklearn_linear = pytest.importorskip("sklearn.linear_model")
+    features, labels = blobs(600, 6, 3, seed=1)
+    features = Standardizer(features)(features)
+    l2 = 1e-2
+    linear = fit_softmax(features, labels, 3, l2=l2, max_iter=500, progress=False)
+    # sklearn minimises C * sum(CE) + ||W||^2 / 2 (intercept unpenalised): the same optimum as
+    # mean(CE) + l2/2 ||W||^2 when C = 1 / (l2 n).
+    reference = sklearn_linear.LogisticRegression(C=1.0 / (l2 * len(features)), tol=1e-10, max_iter=10_000)
+    reference.fit(features.double().numpy(), labels.numpy())
+    with torch.no_grad():
+        ours = torch.softmax(linear(features), 1).double()
+    theirs = torch.from_numpy(reference.predict_proba(features.double().numpy()))
+    assert torch.allclose(ours, theirs, atol=2e-4)
+    # The weights are identifiable up to a common shift of every class's row; compare centred.
+    w = linear.weight.detach().double()
+    w_ref = torch.from_numpy(reference.coef_)
+    assert torch.allclose(w - w.mean(0), w_ref - w_ref.mean(0), atol=2e-3)
+
+
+class TinyEncoder(nn.Module):
+    """An autoencoder's encode() for the tests: flatten, Linear, ReLU."""
+
+    def __init__(self, pixels: int, code: int):
+        super().__init__()
+        self.linear = nn.Linear(pixels, code)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.linear(x.flatten(1)))
+
+
+def test_frozen_head_on_codes_equals_the_head_trained_through_the_frozen_encoder():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (300, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.arange(300) % 3
+    encoder = TinyEncoder(16, 5).eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        codes = encoder.encode(images.float() / 255)
+    scale = Standardizer(codes)
+    torch.manual_seed(3)
+    through = CodeClassifier(encoder, scale, 8, 3)
+    on_codes = CodeClassifier(encoder, scale, 8, 3)
+    on_codes.head.load_state_dict(through.head.state_dict())
+    common = dict(steps=40, lr=1e-2, weight_decay=1e-4, batch_size=64, seed=5, desc="", progress=False)
+    train_classifier(through, list(through.head.parameters()), images, labels, **common)
+    train_head_on_codes(on_codes, codes, labels, **common)
+    for a, b in zip(through.head.parameters(), on_codes.head.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert head_accuracy(on_codes, codes, labels) == through_encoder_accuracy(through, images, labels, batch_size=128)
+
+
+def test_semi_supervised_rows_are_the_same_with_precomputed_codes():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    data = SimpleNamespace(train_images=torch.randint(0, 256, (120, 1, 4, 4), dtype=torch.uint8, generator=g),
+                           train_labels=torch.arange(120) % 3,
+                           test_images=torch.randint(0, 256, (60, 1, 4, 4), dtype=torch.uint8, generator=g),
+                           test_labels=torch.arange(60) % 3)
+    settings = SimpleNamespace(labels_per_class=[4, 30], head_hidden=8, head_steps=6, head_lr=1e-2,
+                               finetune_lr=1e-3, head_batch_size=32, weight_decay=1e-4, batch_size=50,
+                               seed=0, progress=False, step_threads=1)
+    model = TinyEncoder(16, 5).eval()
+    fresh = lambda: TinyEncoder(16, 5)  # noqa: E731
+    with torch.no_grad():
+        train_codes = model.encode(data.train_images.float() / 255)
+        test_codes = model.encode(data.test_images.float() / 255)
+    handed = semi_supervised(model, fresh, data, settings, torch.device("cpu"), train_codes, test_codes)
+    computed = semi_supervised(model, fresh, data, settings, torch.device("cpu"))
+    assert handed == computed
+    assert [row["labels"] for row in handed] == [12, 90]
