@@ -83,17 +83,23 @@ class StackedAdam:
         eps, weight_decay = self.group["eps"], self.group["weight_decay"]
         decoupled = self.group.get("decoupled_weight_decay", isinstance(self.optimizers[0], torch.optim.AdamW))
         lrs = [o.param_groups[0]["lr"] for o in self.optimizers]
+        per_step: dict[tuple, torch.Tensor] = {}  # each per-member factor made once per step (one copy to a GPU)
+
+        def members_factor(key: tuple, values: list[float], like: torch.Tensor) -> torch.Tensor:
+            if key not in per_step:
+                per_step[key] = torch.tensor(values, dtype=like.dtype, device=like.device)
+            return per_step[key].view((len(values),) + (1,) * (like.dim() - 1))
+
         for name, param in self.weights.params.items():
             state = self.state[name]
             exp_avg, exp_avg_sq, steps = state["exp_avg"], state["exp_avg_sq"], state["step"]
             grad = param.grad
             if grad is None:  # Adam leaves a parameter without a gradient alone
                 continue
-            per_member = (len(lrs),) + (1,) * (param.dim() - 1)
             steps += 1
             if weight_decay != 0:
                 if decoupled:
-                    param.mul_(torch.tensor([1 - lr * weight_decay for lr in lrs]).view(per_member))
+                    param.mul_(members_factor(("decay",), [1 - lr * weight_decay for lr in lrs], param))
                 else:
                     grad = grad.add(param, alpha=weight_decay)
             exp_avg.lerp_(grad, 1 - beta1)
@@ -102,7 +108,7 @@ class StackedAdam:
             bias_correction1 = 1 - beta1**step
             bias_correction2_sqrt = (1 - beta2**step) ** 0.5
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-            neg_step_size = torch.tensor([-(lr / bias_correction1) for lr in lrs]).view(per_member)
+            neg_step_size = members_factor(("step", step), [-(lr / bias_correction1) for lr in lrs], param)
             param.add_(torch.mul(neg_step_size, exp_avg).div_(denom))
         for optimizer in self.optimizers:
             optimizer._opt_called = True  # what its own step() tells an LR scheduler
