@@ -109,7 +109,8 @@ def test_second_evaluation_reuses_the_baselines_from_disk(sweep, counted, caplog
     for metrics, k in zip(first, (4, 8)):
         assert metrics["pca_components"] == k
         assert metrics["pca_mse"] == pytest.approx(reference_pca_mse(runs[0], k), rel=1e-4)
-    assert len(list((root / "cache" / FOLDER).glob("*.pt"))) == 4  # the fit, 2 test scores, the pixel probe
+    # the fit, 2 test scores, the pixel probe, and the scratch semi-supervised classifiers of each code size (2)
+    assert len(list((root / "cache" / FOLDER).glob("*.pt"))) == 6
 
     forget_memory()
     caplog.clear()

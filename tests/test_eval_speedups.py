@@ -103,3 +103,36 @@ def test_semi_supervised_rows_are_the_same_with_precomputed_codes():
     computed = semi_supervised(model, fresh, data, settings, torch.device("cpu"))
     assert handed == computed
     assert [row["labels"] for row in handed] == [12, 90]
+
+
+def test_scratch_accuracies_are_computed_once_per_fresh_model_and_reused():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    data = SimpleNamespace(train_images=torch.randint(0, 256, (120, 1, 4, 4), dtype=torch.uint8, generator=g),
+                           train_labels=torch.arange(120) % 3,
+                           test_images=torch.randint(0, 256, (60, 1, 4, 4), dtype=torch.uint8, generator=g),
+                           test_labels=torch.arange(60) % 3)
+    settings = SimpleNamespace(labels_per_class=[4, 30], head_hidden=8, head_steps=6, head_lr=1e-2,
+                               finetune_lr=1e-3, head_batch_size=32, weight_decay=1e-4, batch_size=50,
+                               seed=0, progress=False, step_threads=1)
+    kept: dict[str, dict[str, float]] = {}
+    computed: list[str] = []
+
+    def cache(key, compute):
+        text = repr(sorted(key.items()))
+        if text not in kept:
+            computed.append(text)
+            kept[text] = compute()
+        return kept[text]
+
+    fresh = lambda: TinyEncoder(16, 5)  # noqa: E731
+    two_trained_models = [TinyEncoder(16, 5).eval(), TinyEncoder(16, 5).eval()]
+    uncached = [semi_supervised(m, fresh, data, settings, torch.device("cpu")) for m in two_trained_models]
+    cached = [semi_supervised(m, fresh, data, settings, torch.device("cpu"), scratch_cache=cache)
+              for m in two_trained_models]
+    assert cached == uncached  # the same rows, scratch included
+    assert len(computed) == 1  # both runs share one fresh architecture: scratch trained once
+    assert uncached[0][0]["frozen"] != uncached[1][0]["frozen"] or uncached[0][1]["frozen"] != uncached[1][1]["frozen"]
+    wider = lambda: TinyEncoder(16, 6)  # noqa: E731  another architecture: its own entry
+    semi_supervised(two_trained_models[0], wider, data, settings, torch.device("cpu"), scratch_cache=cache)
+    assert len(computed) == 2

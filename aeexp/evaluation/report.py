@@ -174,8 +174,11 @@ def _probes(metrics: dict[str, Any], model, cfg: DictConfig, data: EvalData, tes
         train_codes, data.train_labels, test_codes, data.test_labels, s.knn_k, progress=s.progress))
     metrics["knn_k"] = int(s.knn_k)
 
+    def scratch_cache(key: dict[str, Any], compute) -> dict[str, float]:
+        return cache.get("ssl_scratch", {**ids, **key}, compute, label="semi-supervised scratch classifiers")
+
     metrics["semi_supervised"] = timer("semi_supervised", lambda: semi_supervised(
-        model, lambda: build_model(cfg, data.shape), data, s, device, train_codes, test_codes))
+        model, lambda: build_model(cfg, data.shape), data, s, device, train_codes, test_codes, scratch_cache))
     for row in metrics["semi_supervised"]:
         for kind in ("frozen", "fine_tuned", "scratch"):
             metrics[f"ssl{row['labels_per_class']}_{kind}"] = row[kind]

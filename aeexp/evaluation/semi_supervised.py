@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 from typing import Any, Callable, Iterator
 
 import torch
@@ -41,6 +42,7 @@ from torch import nn
 from tqdm import tqdm
 
 from aeexp.data.images import to_float
+from aeexp.evaluation.baseline_cache import fingerprint
 from aeexp.evaluation.probes import Standardizer
 from aeexp.evaluation.reconstruction import encode_all
 
@@ -149,12 +151,24 @@ def head_accuracy(classifier: CodeClassifier, codes: torch.Tensor, labels: torch
     return (classifier.head(z).argmax(1).cpu() == labels).double().mean().item()
 
 
+ScratchCache = Callable[[dict[str, Any], Callable[[], dict[str, float]]], dict[str, float]]
+"""``(key, compute) -> values``: where the scratch accuracies are kept (the evaluation's
+baseline cache); ``compute()`` gives them when nothing is kept for ``key``."""
+
+
 def semi_supervised(model: nn.Module, fresh_model: Callable[[], nn.Module], data: Any, settings: Any,
                     device: torch.device, train_codes: torch.Tensor | None = None,
-                    test_codes: torch.Tensor | None = None) -> list[dict[str, Any]]:
+                    test_codes: torch.Tensor | None = None,
+                    scratch_cache: ScratchCache | None = None) -> list[dict[str, Any]]:
     """One row per N in ``settings.labels_per_class``: test accuracies of the three classifiers.
     ``train_codes`` / ``test_codes``: the trained model's codes of the splits (CPU), where the
-    caller has them already; computed here otherwise."""
+    caller has them already; computed here otherwise.
+
+    The ``scratch`` classifier never sees the trained weights: it depends on the architecture,
+    its seeded initialisation, the data and the settings only, so the runs of a sweep that share
+    an architecture (a learning-rate or seed sweep) share it, like the PCA baseline. With
+    ``scratch_cache`` it is looked up by :func:`scratch_key` (the fresh model's structure and
+    initial weights, and the settings it trains with) and computed once."""
     num_classes = int(max(data.train_labels.max(), data.test_labels.max())) + 1
     s = settings
     rows = []
@@ -169,7 +183,8 @@ def semi_supervised(model: nn.Module, fresh_model: Callable[[], nn.Module], data
     trained_scale = Standardizer(train_codes)
     torch.manual_seed(s.seed)  # one fresh initialisation, copied for each N
     initial = fresh_model().to(device).eval()
-    initial_scale = Standardizer(codes_of(initial, data.train_images))
+    compute_scratch = lambda: scratch_accuracies(initial, data, s, device, num_classes)  # noqa: E731
+    scratch = compute_scratch() if scratch_cache is None else scratch_cache(scratch_key(initial, s), compute_scratch)
     for per_class in s.labels_per_class:
         picked = labelled_subset(data.train_labels, per_class, s.seed)
         x, y = data.train_images[picked], data.train_labels[picked]
@@ -190,13 +205,41 @@ def semi_supervised(model: nn.Module, fresh_model: Callable[[], nn.Module], data
         train_classifier(classifier, list(classifier.parameters()), x, y, s.head_steps, s.finetune_lr,
                          desc=f"semi-supervised {per_class}/class: fine-tuned", **common)
         fine_tuned = test_accuracy(classifier, data.test_images, data.test_labels, s.batch_size)
-        # Scratch: the same architecture, freshly initialised, on the same labels.
+        rows.append({"labels_per_class": int(per_class), "labels": len(picked), "frozen": frozen,
+                     "fine_tuned": fine_tuned, "scratch": float(scratch[f"scratch_{int(per_class)}"])})
+    return rows
+
+
+def scratch_accuracies(initial: nn.Module, data: Any, settings: Any, device: torch.device,
+                       num_classes: int) -> dict[str, float]:
+    """``{"scratch_<N>": accuracy}``: for each N, a copy of the fresh ``initial`` model with a
+    fresh head (seeded), all of it trained for 2 x ``head_steps`` on the N labelled images per class."""
+    s = settings
+    initial_scale = Standardizer(encode_all(initial, data.train_images, s.batch_size, device))
+    accuracies = {}
+    for per_class in s.labels_per_class:
+        picked = labelled_subset(data.train_labels, per_class, s.seed)
         torch.manual_seed(s.seed)
         fresh = copy.deepcopy(initial)
-        scratch_classifier = CodeClassifier(fresh, initial_scale, s.head_hidden, num_classes).to(device)
-        train_classifier(scratch_classifier, list(scratch_classifier.parameters()), x, y, 2 * s.head_steps,
-                         s.head_lr, desc=f"semi-supervised {per_class}/class: scratch", **common)
-        scratch = test_accuracy(scratch_classifier, data.test_images, data.test_labels, s.batch_size)
-        rows.append({"labels_per_class": int(per_class), "labels": len(picked), "frozen": frozen,
-                     "fine_tuned": fine_tuned, "scratch": scratch})
-    return rows
+        classifier = CodeClassifier(fresh, initial_scale, s.head_hidden, num_classes).to(device)
+        train_classifier(classifier, list(classifier.parameters()), data.train_images[picked],
+                         data.train_labels[picked], 2 * s.head_steps, s.head_lr, s.weight_decay, s.head_batch_size,
+                         s.seed, f"semi-supervised {per_class}/class: scratch", s.progress, s.step_threads)
+        accuracies[f"scratch_{int(per_class)}"] = test_accuracy(classifier, data.test_images, data.test_labels,
+                                                                s.batch_size)
+    return accuracies
+
+
+def scratch_key(initial: nn.Module, settings: Any) -> dict[str, Any]:
+    """What the scratch accuracies depend on besides the data: the fresh model's structure
+    (its repr: layers, activations, bottleneck) and initial weights and buffers (a digest), and
+    the settings that train and score it."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in initial.state_dict().items():
+        digest.update(name.encode())
+        digest.update(fingerprint(tensor).encode())
+    s = settings
+    return {"model": repr(initial), "initial_state": digest.hexdigest(),
+            "labels_per_class": [int(n) for n in s.labels_per_class], "head_hidden": int(s.head_hidden),
+            "head_steps": int(s.head_steps), "head_lr": float(s.head_lr), "weight_decay": float(s.weight_decay),
+            "head_batch_size": int(s.head_batch_size), "batch_size": int(s.batch_size), "seed": int(s.seed)}
