@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from aeexp.evaluation.probes import Standardizer, fit_softmax
+from aeexp.evaluation.probes import Standardizer, fit_softmax, knn_accuracy
 from aeexp.evaluation.semi_supervised import (
     CodeClassifier, head_accuracy, semi_supervised, train_classifier, train_head_on_codes,
 )
@@ -136,3 +136,28 @@ def test_scratch_accuracies_are_computed_once_per_fresh_model_and_reused():
     wider = lambda: TinyEncoder(16, 6)  # noqa: E731  another architecture: its own entry
     semi_supervised(two_trained_models[0], wider, data, settings, torch.device("cpu"), scratch_cache=cache)
     assert len(computed) == 2
+
+
+def reference_knn(train, train_labels, test, test_labels, k):
+    """Exact float64 distances, a full sort, and the same vote (1 per neighbour + a tiny bonus
+    for rank, float32 as in evaluation: ranks (1, 4) against (2, 3) tie exactly and rounding
+    decides, so the vote is the same code; the neighbours are what is checked)."""
+    nearest = torch.cdist(test.double(), train.double()).argsort(dim=1, stable=True)[:, :k]
+    votes = torch.zeros(len(test), int(train_labels.max()) + 1)
+    votes.scatter_add_(1, train_labels[nearest], (1.0 + 1e-3 * torch.arange(k, 0, -1, dtype=torch.float32) / k)
+                       .expand(len(test), k))
+    return (votes.argmax(1) == test_labels).double().mean().item()
+
+
+@pytest.mark.parametrize("k", [1, 4, 5])
+def test_blocked_knn_equals_exact_distances(k):
+    train, train_labels = blobs(700, 5, 4, seed=2)
+    test, test_labels = blobs(230, 5, 4, seed=3)
+    expected = reference_knn(train, train_labels, test, test_labels, k)
+    # blocks of 64 training codes (11 blocks, the last short) and chunks of 50 queries: the merge is exercised
+    assert knn_accuracy(train, train_labels, test, test_labels, k, chunk=50, train_block=64, progress=False) == expected
+    assert knn_accuracy(train, train_labels, test, test_labels, k, progress=False) == expected  # one block
+    if k == 1:  # no vote to break: scikit-learn's classifier is a third opinion
+        neighbors = pytest.importorskip("sklearn.neighbors")
+        theirs = neighbors.KNeighborsClassifier(1, algorithm="brute").fit(train.numpy(), train_labels.numpy())
+        assert theirs.score(test.numpy(), test_labels.numpy()) == pytest.approx(expected)
