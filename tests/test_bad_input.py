@@ -507,7 +507,7 @@ CASES: list[Case] = [
     E("run_dir without best.pt", [], "no checkpoints/best.pt", run="empty"),
     E("best.pt is a folder", [], "no checkpoints/best.pt", run="run", setup=lambda site: (
         (site / "run" / BEST).unlink(), (site / "run" / BEST).mkdir())),
-    E("eval.foo", ["eval.foo=1"], "eval.foo: unknown key; valid keys here: batch_size"),
+    E("eval.foo", ["eval.foo=1"], "eval.foo: unknown key; valid keys here: level, cache, batch_size"),
     E("+eval.foo", ["+eval.foo=1"], "eval.foo: unknown key"),
     E("top-level foo", ["foo=1"], "foo: unknown key"),
     E("+foo", ["+foo=1"], "foo: unknown key; valid keys here: run_dir"),

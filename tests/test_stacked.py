@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, compose, small_run
+from conftest import REPO, compose, event_scalars, small_run
 from aeexp.checkpoints import load_checkpoint
 from aeexp.runs import load_run
 from aeexp.stacked.grouping import plan_groups
@@ -49,9 +48,10 @@ def train_stacked(configs, run_dirs):
 
 
 def scalars(run_dir: Path, tag: str) -> list[float]:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return [event.value for event in events.Scalars(tag)]
+    """A tag's values in step order over every event file (a resumed run adds one, whose name
+    may sort before the first one's)."""
+    by_step = event_scalars(run_dir)[tag]
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def assert_same_run(stacked: Path, alone: Path, rtol: float = RTOL, weight_rtol: float | None = None) -> None:
