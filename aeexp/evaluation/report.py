@@ -174,8 +174,14 @@ def _probes(metrics: dict[str, Any], model, cfg: DictConfig, data: EvalData, tes
         train_codes, data.train_labels, test_codes, data.test_labels, s.knn_k, progress=s.progress))
     metrics["knn_k"] = int(s.knn_k)
 
+    # What build_model read besides the fresh weights (a top-k bottleneck's k is in no weight and no repr).
+    built_from = json.loads(json.dumps(OmegaConf.to_container(OmegaConf.create({
+        "model": cfg.model, "sparsity": cfg.get("sparsity"), "batch_size": cfg.trainer.get("batch_size"),
+        "input_shape": list(data.shape)}), resolve=True), default=str))
+
     def scratch_cache(key: dict[str, Any], compute) -> dict[str, float]:
-        return cache.get("ssl_scratch", {**ids, **key}, compute, label="semi-supervised scratch classifiers")
+        return cache.get("ssl_scratch", {**ids, **key, "built_from": built_from}, compute,
+                         label="semi-supervised scratch classifiers")
 
     metrics["semi_supervised"] = timer("semi_supervised", lambda: semi_supervised(
         model, lambda: build_model(cfg, data.shape), data, s, device, train_codes, test_codes, scratch_cache))
