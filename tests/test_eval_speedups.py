@@ -161,3 +161,28 @@ def test_blocked_knn_equals_exact_distances(k):
         neighbors = pytest.importorskip("sklearn.neighbors")
         theirs = neighbors.KNeighborsClassifier(1, algorithm="brute").fit(train.numpy(), train_labels.numpy())
         assert theirs.score(test.numpy(), test_labels.numpy()) == pytest.approx(expected)
+
+
+@pytest.mark.slow  # trains and fully evaluates three tiny runs (~5 s); the fast loop covers the cache's reuse above
+def test_runs_differing_in_topk_k_get_their_own_scratch_entry_and_a_learning_rate_sweep_shares_one(
+        tmp_path, monkeypatch):
+    import aeexp.evaluation.semi_supervised as semi
+    from aeexp.evaluation import check_settings, evaluate_run
+    from aeexp.evaluation.baseline_cache import forget_memory
+    from aeexp.training.run import run_training
+    from conftest import small_run
+
+    computed = []
+    real = semi.scratch_accuracies
+    monkeypatch.setattr(semi, "scratch_accuracies", lambda *a, **kw: computed.append(1) or real(*a, **kw))
+    tiny = ("dataset.height=6", "dataset.width=6", "trainer.epochs=1", "trainer.image_every=0", "model.latent_dim=8",
+            "sparsity=topk", f"paths.cache_dir={tmp_path / 'cache'}")
+    settings = check_settings(dict(probe_max_iter=5, labels_per_class=[5], head_steps=3, progress=False,
+                                   noise_levels=[0.2], figures=False))
+    forget_memory()
+    rows = {}
+    for name, extra in (("k2", ["sparsity.k=2"]), ("k3", ["sparsity.k=3"]), ("k2_lr", ["sparsity.k=2", "optimizer.lr=0.01"])):
+        run_training(small_run(*tiny, *extra), tmp_path / name)
+        rows[name] = evaluate_run(tmp_path / name, settings, "cpu")["semi_supervised"]
+    assert len(computed) == 2  # k=2 and k=3: the same weights and repr, different bottlenecks; the lr run reuses k=2's
+    assert rows["k2"][0]["scratch"] == rows["k2_lr"][0]["scratch"]
