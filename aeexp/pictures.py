@@ -102,7 +102,9 @@ def code_scatter(codes: torch.Tensor, labels: torch.Tensor, title: str) -> Figur
                      vmax=palette - 0.5)
         handles = [Line2D([], [], linestyle="", marker="o", markersize=5, color=cmap(k), label=str(k))
                    for k in sorted({int(c) for c in classes})]
-        axes.legend(handles=handles, title="class", loc="best", fontsize=7, ncol=1 if num_classes <= 10 else 2)
+        # beside the plot: never over the points, and no search for the emptiest corner over every point
+        axes.legend(handles=handles, title="class", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
+                    ncol=1 if num_classes <= 10 else 2)
     else:
         scatter = axes.scatter(points[:, 0], points[:, 1], c=classes, s=3, alpha=0.7, cmap="viridis",
                                vmin=0, vmax=num_classes - 1)
