@@ -1,11 +1,13 @@
 """Baselines kept between evaluations: computed once per data and settings, for a whole sweep.
 
-The baselines beside a run's figures (PCA at its code size, the linear probe on raw pixels)
-depend only on the data and a few settings, never on the model, so every run of a sweep
-shares them and a second evaluation of the same sweep needs none of them again. Each entry
-is found by a digest of what it depends on: fingerprints of the tensors actually used (their
-dtype, shape and bytes, :func:`fingerprint`) plus the settings that change it (code size,
-probe settings, seeds), so changed data or a changed setting can never meet a stale entry.
+The baselines beside a run's figures (PCA at its code size, the linear probe on raw pixels,
+and the semi-supervised scratch classifiers, freshly initialised models of the run's
+architecture) depend on the data and a few settings, never on the trained weights, so the runs
+of a sweep share them and a second evaluation of the same sweep needs none of them again. Each
+entry is found by a digest of what it depends on: fingerprints of the tensors actually used
+(their dtype, shape and bytes, :func:`fingerprint`) plus the settings that change it (code size,
+probe settings, seeds; for a scratch classifier the model's structure, initial weights and
+config), so changed data or a changed setting can never meet a stale entry.
 
 Entries live in the run's ``paths.cache_dir`` (``<cache_dir>/eval_baselines/<name>-<digest>.pt``)
 and in memory for the process. A file holds tensors and plain numbers only: it is written to a
