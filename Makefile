@@ -40,7 +40,7 @@ data:
 train: install data
 	$(BIN)/python train.py dataset=fashion_mnist
 
-# Everything, one test at a time (about 9 minutes on 2 cores); the inner loop while editing,
+# Everything, one test at a time (about 10 minutes on 2 cores); the inner loop while editing,
 # without the slow tests and one worker per core: make test-fast (about a minute on 2 cores)
 test: dev
 	$(BIN)/python -m pytest
