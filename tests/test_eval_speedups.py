@@ -84,8 +84,8 @@ def test_frozen_head_on_codes_equals_the_head_trained_through_the_frozen_encoder
     assert head_accuracy(on_codes, codes, labels) == through_encoder_accuracy(through, images, labels, batch_size=128)
 
 
-def test_semi_supervised_rows_are_the_same_with_precomputed_codes():
-    torch.manual_seed(0)
+def tiny_semi_supervised_case() -> tuple[SimpleNamespace, SimpleNamespace]:
+    """Images and labels of 3 classes (120 to train, 60 to test) and small semi-supervised settings."""
     g = torch.Generator().manual_seed(1)
     data = SimpleNamespace(train_images=torch.randint(0, 256, (120, 1, 4, 4), dtype=torch.uint8, generator=g),
                            train_labels=torch.arange(120) % 3,
@@ -94,6 +94,12 @@ def test_semi_supervised_rows_are_the_same_with_precomputed_codes():
     settings = SimpleNamespace(labels_per_class=[4, 30], head_hidden=8, head_steps=6, head_lr=1e-2,
                                finetune_lr=1e-3, head_batch_size=32, weight_decay=1e-4, batch_size=50,
                                seed=0, progress=False, step_threads=1)
+    return data, settings
+
+
+def test_semi_supervised_rows_are_the_same_with_precomputed_codes():
+    torch.manual_seed(0)
+    data, settings = tiny_semi_supervised_case()
     model = TinyEncoder(16, 5).eval()
     fresh = lambda: TinyEncoder(16, 5)  # noqa: E731
     with torch.no_grad():
@@ -107,14 +113,7 @@ def test_semi_supervised_rows_are_the_same_with_precomputed_codes():
 
 def test_scratch_accuracies_are_computed_once_per_fresh_model_and_reused():
     torch.manual_seed(0)
-    g = torch.Generator().manual_seed(1)
-    data = SimpleNamespace(train_images=torch.randint(0, 256, (120, 1, 4, 4), dtype=torch.uint8, generator=g),
-                           train_labels=torch.arange(120) % 3,
-                           test_images=torch.randint(0, 256, (60, 1, 4, 4), dtype=torch.uint8, generator=g),
-                           test_labels=torch.arange(60) % 3)
-    settings = SimpleNamespace(labels_per_class=[4, 30], head_hidden=8, head_steps=6, head_lr=1e-2,
-                               finetune_lr=1e-3, head_batch_size=32, weight_decay=1e-4, batch_size=50,
-                               seed=0, progress=False, step_threads=1)
+    data, settings = tiny_semi_supervised_case()
     kept: dict[str, dict[str, float]] = {}
     computed: list[str] = []
 
