@@ -43,10 +43,10 @@ from typing import Any, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
-from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from aeexp.launchers import SweepLauncher
 from aeexp.sweeps import record_refusal
 from aeexp.training.interrupts import SIGNALS
 
@@ -129,19 +129,13 @@ def lost_job(sweep_config: DictConfig, overrides: Sequence[str], err: Exception)
     return ret
 
 
-class RayLauncher(Launcher):
+class RayLauncher(SweepLauncher):
     """Hydra's ``Launcher`` for ``hydra/launcher=ray`` (``conf/hydra/launcher/ray.yaml``)."""
 
     def __init__(self, ray: DictConfig) -> None:
         super().__init__()
         self.init = ray_options(ray.get("init"))
         self.remote = ray_options(ray.get("remote"))
-        self.config: DictConfig | None = None
-        self.task_function: TaskFunction | None = None
-        self.hydra_context: HydraContext | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import ray

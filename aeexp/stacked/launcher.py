@@ -26,12 +26,11 @@ from typing import Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, filter_overrides, run_job, setup_globals
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from aeexp.checkpoints import describe_os_error
 from aeexp.cli import USER_ERRORS
+from aeexp.launchers import SweepLauncher
 from aeexp.stacked.grouping import plan_groups
 from aeexp.stacked.members import DataCache, Member, prepare_member
 from aeexp.stacked.training import StackedTraining
@@ -57,16 +56,10 @@ class Job:
     member: Member | None = None
 
 
-class StackedLauncher(Launcher):
+class StackedLauncher(SweepLauncher):
     def __init__(self, max_members: int = 32) -> None:
         super().__init__()
         self.max_members = int(max_members)
-        self.config: DictConfig | None = None
-        self.task_function: TaskFunction | None = None
-        self.hydra_context: HydraContext | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
